@@ -18,8 +18,11 @@ test: setup
 demo: setup
 	bash scripts/demo.sh
 
+# Every benchmark (bench/run_all.py, ~20 min on 2 cores): bench/results.json + docs/benchmarks.md. TRL is the
+# RL baseline, installed here only (the `bench` extra), never by setup. BENCH_ARGS=--quick for a short run.
 bench: setup
-	$(PY) bench/rollout.py
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs out

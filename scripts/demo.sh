@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 LS=.venv/bin/longshort
 RUN=runs/demo  # as in recipes/tiny/demo*.yaml
-STEPS=${DEMO_STEPS:-400}
+STEPS=${DEMO_STEPS:-600}  # as in recipes/tiny/demo_reasoner.yaml
 [ -f $RUN/data/test.jsonl ] || $LS data synthetic --n 2000 --seed 0 --out $RUN/data
 $LS sft --recipe recipes/tiny/demo_reasoner.yaml sft.steps=$STEPS
 $LS eval --recipe recipes/tiny/demo.yaml --model $RUN/reasoner/final --protocol long_cot \

@@ -109,3 +109,37 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def rl_overrides(out, tiny_model: str, tiny_adapters: dict[str, str], *extra: str) -> list[str]:
+    """`longshort rl` on the tiny model with the HF engine (deterministic) and the session's two adapters."""
+    return [
+        f"run.out_dir={out}",
+        f"model.base={tiny_model}",
+        "engine.kind=hf",
+        f"roles.long.adapter={tiny_adapters['long']}",
+        f"roles.short.adapter={tiny_adapters['short']}",
+        "roles.long.max_tokens=24",
+        "roles.short.max_tokens=12",
+        "synthetic.n=60",
+        # the random tiny model earns equal rewards in a group (zero advantages): the entropy bonus makes every
+        # step a real, non-zero update of both adapters
+        "rl.entropy_coef=0.05",
+        "rl.lr=1e-3",
+        *extra,
+    ]
+
+
+RL_RECIPE = os.path.join(REPO, "recipes", "tiny", "rl.yaml")
+
+
+@pytest.fixture(scope="session")
+def rl_straight_run(ray_cluster, tmp_path_factory, tiny_model, tiny_adapters):
+    """`longshort rl` for 4 steps without interruption (checkpoints every 2): the reference run that resumed and
+    faulted runs must reproduce (tests/test_rl_ray.py, tests/reliability/)."""
+    from longshort.cli import main
+
+    out = tmp_path_factory.mktemp("rl_straight")
+    args = rl_overrides(out, tiny_model, tiny_adapters, "rl.steps=4", "rl.checkpoint_every=2", "run.name=a")
+    assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 0
+    return out / "a"

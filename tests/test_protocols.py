@@ -97,6 +97,15 @@ def test_long_cot_role_uses_adapter_only_when_served(tiny_tokenizer):
     assert bare.calls[0][0].role is None  # no long adapter loaded: the base serves the role
 
 
+def test_recipe_adapter_the_engine_lacks_is_an_error_not_the_base(tiny_tokenizer):
+    from longshort.errors import ConfigError
+
+    bare = ScriptedEngine(tiny_tokenizer, lambda *a: "\\boxed{1}")
+    with pytest.raises(ConfigError, match=r"roles\.long\.adapter.*serves no 'long' adapter"):
+        run_protocol("long_cot", bare, [P1], recipe("protocol.long_cot_role=long", "roles.long.adapter=/x/long"))
+    assert bare.calls == []  # nothing ran on the base
+
+
 def test_long_cot_capped_output_is_a_format_failure(tiny_tokenizer):
     eng = ScriptedEngine(tiny_tokenizer, lambda *a: "one two three four five six seven eight nine ten " * 4)
     (ep,) = run_protocol("long_cot", eng, [P1], recipe("protocol.max_tokens=7"))
@@ -393,6 +402,20 @@ def test_protocols_on_vllm(vllm_engine, tiny_adapters, name):
     if name == "pdr":
         for ep in eps:
             assert sum(t.kind == "draft" for t in ep.turns) == 6 and ep.b_total > ep.b_seq
+
+
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_engine_reports_its_adapters_and_the_protocol_uses_them(kind, request, tiny_adapters):
+    """A recipe whose roles name no adapter still runs each role on the adapter the engine serves."""
+    engine = request.getfixturevalue(f"{kind}_engine")
+    assert engine.adapters == tiny_adapters
+    named = tiny_recipe(tiny_adapters, "protocol.max_turns=2")  # greedy: the roles' default temperature is 0
+    unnamed = tiny_recipe(tiny_adapters, "protocol.max_turns=2", "roles.long.adapter=null", "roles.short.adapter=null")
+    a = run_protocol("long_short", engine, [P1], named)[0]
+    b = run_protocol("long_short", engine, [P1], unnamed)[0]
+    assert [t.completion_ids for t in a.turns] == [t.completion_ids for t in b.turns]
+    base = engine.score([a.turns[0].prompt_ids + a.turns[0].completion_ids], [None], [len(a.turns[0].prompt_ids)])[0]
+    assert max(abs(x - y) for x, y in zip(base, b.turns[0].logprobs)) > 1e-3  # and that is not the base's output
 
 
 def test_greedy_long_short_same_on_hf_and_vllm(vllm_engine, hf_engine, tiny_adapters):

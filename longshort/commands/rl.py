@@ -21,12 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     recipe = recipe_from(args)
-    from longshort.rl.loop import run_rl
+    from longshort.rl.loop import WorkerLost, run_rl
     from longshort.rl.sync import SyncError
 
     try:
         summary = run_rl(recipe, ray_address=args.ray_address, progress=not args.no_progress)
-    except SyncError as e:
+    except (SyncError, WorkerLost) as e:  # the run stopped on a runtime fault: resumable, not a user error
         print(f"longshort rl: error: {e}", file=sys.stderr)
         return 3
     last = summary["last"]

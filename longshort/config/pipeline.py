@@ -1,12 +1,62 @@
-"""The whole pipeline."""
+"""The whole pipeline (`longshort pipeline`): which stages run and the recipe sections each stage adds.
+
+A pipeline recipe holds the shared sections (run, model, roles, engine, protocol, synthetic, data, evaluation)
+plus, under `pipeline.<stage>`, recipe sections merged over the shared ones for that stage only. Each stage's
+recipe is built and validated before anything runs, so a typo in `pipeline.rl.rl.lrr` fails at once.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 from longshort.config.loader import doc
+from longshort.errors import ConfigError
+
+SYSTEMS = ("long_cot", "long_short_sft", "long_short_rl", "sr", "pdr")
 
 
 @dataclass
 class PipelineConfig:
-    pass
+    task: Literal["synthetic", "files"] = doc(
+        "`synthetic`: generate the synthetic long-CoT task (section `synthetic`) into `<run>/data`; `files`: "
+        "traces {id, problem, answer, response} from `data.train` and held-out problems from `data.test`.",
+        "synthetic",
+    )
+    train_reasoner: bool = doc(
+        "Stage `reasoner`: full SFT of the base on the long traces (the long-CoT reasoner, the paper's R1-distilled "
+        "model). false = the base itself is the reasoner (an instruct/reasoning model).",
+        True,
+    )
+    reasoner: dict[str, Any] = doc("Recipe sections for stage `reasoner` (e.g. `sft: {steps: 400}`).", factory=dict)
+    analyze: dict[str, Any] = doc("Recipe sections for stage `analyze` (thought chunking, MC rollouts, metric M).", factory=dict)
+    coldstart: dict[str, Any] = doc("Recipe sections for stage `coldstart` (per-role cold-start transcripts).", factory=dict)
+    sft_long: dict[str, Any] = doc("Recipe sections for stage `sft_long` (LoRA SFT of the long role on the reasoner).", factory=dict)
+    sft_short: dict[str, Any] = doc("Recipe sections for stage `sft_short` (LoRA SFT of the short role on the reasoner).", factory=dict)
+    rl: dict[str, Any] = doc("Recipe sections for stage `rl` (multi-turn RL of both roles from the SFT adapters).", factory=dict)
+    eval: dict[str, Any] = doc("Recipe sections for stage `eval` (every system on the held-out split).", factory=dict)
+    benchmarks: dict[str, str] = doc(
+        "Stage `benchmarks`: real benchmark files evaluated with the final models, name -> JSONL path "
+        "(e.g. math500: ../shared/benchmarks/math500.jsonl); empty = skip the stage.",
+        factory=dict,
+    )
+    benchmark_eval: dict[str, Any] = doc("Recipe sections for stage `benchmarks` (limit, samples, protocol caps).", factory=dict)
+    systems: list[str] = doc(
+        "Systems compared on the held-out split: long_cot (the reasoner alone), long_short_sft, long_short_rl "
+        "(Long⊗Short, arXiv 2505.11827), sr and pdr (the reasoner under Sequential Refinement / Parallel-Distill-"
+        "Refine, arXiv 2510.01123).",
+        factory=lambda: list(SYSTEMS),
+    )
+    export_vllm_check: bool = doc("Stage `export`: check that vLLM loads and runs each merged model.", True)
+    quick: dict[str, Any] = doc(
+        "Overrides applied by `--quick` (dotted key -> value, e.g. `pipeline.reasoner.sft.steps: 20`): a "
+        "smoke-scale run for tests, written to `<name>-quick`.",
+        factory=dict,
+    )
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.systems if s not in SYSTEMS]
+        if bad:
+            raise ConfigError(f"key 'pipeline.systems': unknown system {bad[0]!r} (choose from {', '.join(SYSTEMS)})")
+        if "long_cot" not in self.systems:
+            raise ConfigError("key 'pipeline.systems' must include long_cot: the report compares every system with it")

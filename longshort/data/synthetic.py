@@ -1,14 +1,14 @@
 """The synthetic long-CoT task: chains of single-digit additions with verbose, redundant reasoning traces.
 
-Each problem starts from a digit and adds 3-6 more digits (1-9). Its trace states the essential steps one
-line each ("Add 5: 3 + 5 = 8.") and pads them with redundancy that costs tokens without changing the answer:
-re-checks ("Wait, let me check: ..."), detours ("Alternatively, 5 + 3 = 8. ..."), doubts ("But wait, should I
-subtract ...? No, ..."), a restatement of the problem and a recap. Every step is one line; steps are separated by
-blank lines, so the chunker sees one step per line and the discourse markers start new thoughts.
+Each problem starts from a digit and adds 3-6 more digits (1-9). Its trace states the essential steps one line
+each ("Add 5: 3 + 5 = 8; left: 4 2.") and pads them with redundancy that costs tokens without changing the
+answer: re-checks ("Wait, let me check: ..."), detours ("Alternatively, 5 + 3 = 8. ..."), doubts ("But wait,
+should I subtract ...? No, ..."), a restatement of the problem and a recap. Every step is one line; steps are
+separated by blank lines, so the chunker sees one step per line and the discourse markers start new thoughts.
 
-Why this task: a ~3M-parameter model learns single-digit additions with running sums within minutes on a CPU
-(measured: 71% exact answers after 600 steps), whereas two-digit arithmetic took far longer (9% after 1500 steps).
-See docs/synthetic.md.
+The start and every addition end with "; left: <digits still to add>", so the next operand is copied from a
+few lines up rather than found by counting through the problem. What a ~3M-parameter model learns from it, and
+how fast: docs/synthetic.md.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def _then(items: list[str]) -> str:
     return ", then ".join(items)
 
 
+def _left(bs: list[int]) -> str:
+    return " ".join(str(b) for b in bs) or "none"
+
+
 def problem_text(a: int, bs: list[int], template: int) -> str:
     return TEMPLATES[template].format(
         a=a,
@@ -48,13 +52,15 @@ def trace_steps(a: int, bs: list[int], rng: random.Random, cfg: SyntheticConfig)
     if rng.random() < cfg.p_restate:
         listed = ", ".join(str(b) for b in bs[:-1]) + f" and {bs[-1]}" if len(bs) > 1 else str(bs[0])
         steps.append(("restate", f"The problem asks to start with {a} and add {listed}."))
-    steps.append(("start", f"Start with {a}."))
+    # Each essential step ends with the digits still to add, so the next one copies its operand from the latest
+    # "left:" list (a few lines up) instead of counting its way through the problem.
+    steps.append(("start", f"Start with {a}; left: {_left(bs)}."))
     total = a
     after_detour = False
-    for b in bs:
+    for i, b in enumerate(bs):
         new = total + b
         # After a detour, "Now" marks the return to the computation (a thought boundary for the chunker).
-        steps.append(("add", f"{'Now add' if after_detour else 'Add'} {b}: {total} + {b} = {new}."))
+        steps.append(("add", f"{'Now add' if after_detour else 'Add'} {b}: {total} + {b} = {new}; left: {_left(bs[i + 1:])}."))
         after_detour = False
         if rng.random() < cfg.p_verify:
             steps.append(("verify", f"Wait, let me check: {total} + {b} = {new}. Yes."))

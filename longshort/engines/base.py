@@ -41,6 +41,10 @@ class Engine(Protocol):
 
     tokenizer: object
 
+    @property
+    def adapters(self) -> dict[str, str]:
+        """The adapter serving each role now (role -> PEFT directory); a role absent here runs on the base."""
+
     def generate(self, requests: list[GenRequest]) -> list[list[Completion]]:
         """One list of `params.n` completions per request, in request order; all requests batched together."""
 

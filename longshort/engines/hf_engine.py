@@ -50,11 +50,17 @@ class HFEngine:
         self.pad_id = self.tokenizer.pad_token_id
         self._rng = random.Random(seed)  # seeds of requests that bring none
         self._names: dict[str, str] = {}  # role -> name of its PEFT adapter inside the model
+        self._paths: dict[str, str] = {}  # role -> the directory it was loaded from
         self._next_id = 1
         for role, path in (adapters or {}).items():
             self.set_adapter(role, path)
 
     # -- adapters ---------------------------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> dict[str, str]:
+        """The adapter serving each role now (role -> PEFT directory); a role absent here runs on the base."""
+        return dict(self._paths)
 
     def set_adapter(self, role: str, path: str) -> None:
         from peft import PeftModel
@@ -69,6 +75,7 @@ class HFEngine:
         self.model.set_adapter(name)
         old = self._names.get(role)
         self._names[role] = name
+        self._paths[role] = str(path)
         if old is not None:
             self.model.delete_adapter(old)
         self.model.eval()

@@ -58,6 +58,11 @@ class VLLMEngine:
         if self._zero_dir is not None:
             self._base = self._register("base", self._zero_dir)
 
+    @property
+    def adapters(self) -> dict[str, str]:
+        """The adapter serving each role now (role -> PEFT directory); the zero adapter standing in for the base is not one."""
+        return {role: req.lora_path for role, req in self._loras.items()}
+
     def set_adapter(self, role: str, path: str) -> None:
         rank = int(adapter_config(path).get("r", 0))
         if rank > self.cfg.max_lora_rank:

@@ -15,6 +15,7 @@ from typing import Any
 from longshort.chat import encode, prompt_text
 from longshort.config.core import ProtocolConfig, RolesConfig
 from longshort.engines.base import GenRequest, SamplingParams
+from longshort.errors import ConfigError
 from longshort.grading import extract_boxed
 from longshort.types import Episode, Turn
 
@@ -34,17 +35,19 @@ class Setup:
         return self.engine.tokenizer
 
     def engine_role(self, role: str) -> str | None:
-        """The adapter that serves `role`: its own when the engine has one loaded, else the base (None).
-
-        The engine's `adapters` (role -> path) says which roles it serves; an engine that does not say
-        is trusted to serve the roles whose recipe `roles.<role>.adapter` is set.
+        """The adapter that serves `role`, as the engine reports it (`engine.adapters`): `role` when the engine
+        serves an adapter for it, whatever the recipe's `roles.<role>.adapter` says; None (the base) when
+        neither the engine nor the recipe has one. A recipe adapter the engine does not serve is an error,
+        never a silent run on the base.
         """
         if role == "base":
             return None
-        served = getattr(self.engine, "adapters", None)
-        if served is None:
-            served = {r for r in ("long", "short") if getattr(self.roles, r).adapter}
-        return role if role in served else None
+        if role in self.engine.adapters:
+            return role
+        path = getattr(self.roles, role).adapter
+        if path:
+            raise ConfigError(f"key 'roles.{role}.adapter' names {path}, but the engine serves no {role!r} adapter")
+        return None  # no adapter anywhere: the base model plays this role, with the role's prompts and settings
 
 
 @dataclass

@@ -34,8 +34,8 @@ class RolloutWorker:
     def __init__(self, base_path: str, recipe: Recipe, adapters: dict[str, AdapterFiles], seed: int) -> None:
         from longshort.engines import make_engine
 
-        # A private copy whose roles.<role>.adapter names the adapter being served: the protocol routes a role
-        # to its adapter only when the recipe (or the engine) says it has one, else to the bare base.
+        # A private copy whose roles.<role>.adapter names the adapter being served (the protocol routes by the
+        # engine's `adapters`; the recipe must not name one the engine lacks), and the folder to delete on a swap.
         self.recipe = copy.deepcopy(recipe)
         self.dir = Path(tempfile.mkdtemp(prefix="longshort-rollout-"))
         self.version = 0
@@ -147,6 +147,7 @@ class LearnerGroup:
         addr, port = ray.get(self.workers[0].rendezvous.remote())
         backend = "nccl" if gpu else "gloo"
         ray.get([w.init_process_group.remote(addr, port, backend) for w in self.workers])
+        self.pids: list[int] = ray.get([w.pid.remote() for w in self.workers])  # named when one dies
 
     def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]]) -> dict[str, dict[str, float]]:
         """Shard every minibatch over the workers (sample i of a minibatch -> worker i mod N); sum their metrics."""

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError
 
 from longshort.config.loader import dump_yaml
 from longshort.config.recipe import Recipe
 from longshort.errors import ConfigError, DataError
-from longshort.io import Rejects, append_jsonl, atomic_write_text, read_jsonl
+from longshort.io import Rejects, append_jsonl, atomic_write_text, read_jsonl, write_json
 from longshort.rl import checkpoint
 from longshort.rl.actors import LearnerGroup, RolloutWorker, read_adapter
 from longshort.rl.advantages import assign_advantages
@@ -35,7 +36,11 @@ PROBE_TOKENS = 256  # probe length cap: enough positions to expose a stale adapt
 
 # -- Ray ------------------------------------------------------------------------------------------
 def connect_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Join `address` (or RAY_ADDRESS), or start a local cluster bound to 127.0.0.1. True if we started Ray here."""
+    """Join `address` (or RAY_ADDRESS), or start a local cluster without the dashboard UI. True if we started Ray here.
+
+    Ray 2.60 swaps the 127.0.0.1 node address for the machine's reachable IP and its gRPC servers listen on all
+    interfaces, guarded by Ray's token authentication (docs/reliability.md).
+    """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
@@ -44,6 +49,134 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     return True
+
+
+def check_resources(recipe: Recipe, local: bool) -> None:
+    """The actors' CPU/GPU reservations must fit the cluster: Ray would otherwise wait for them forever.
+
+    On a cluster we joined, an autoscaler may still add nodes, so a shortfall is only a warning there.
+    """
+    cfg = recipe.rl
+    have = ray.cluster_resources()
+    for kind, key in (("CPU", "cpus"), ("GPU", "gpus")):
+        need = cfg.rollout_actors * getattr(cfg, f"rollout_{key}") + cfg.learner_workers * getattr(cfg, f"learner_{key}")
+        avail = float(have.get(kind, 0.0))
+        if need <= avail + 1e-9:
+            continue
+        msg = (
+            f"keys 'rl.rollout_{key}'/'rl.learner_{key}': the actors reserve {need:g} {kind}s (rl.rollout_actors × "
+            f"rl.rollout_{key} + rl.learner_workers × rl.learner_{key}) but the Ray cluster has {avail:g}"
+        )
+        if local:
+            raise ConfigError(msg)
+        print(f"longshort rl: warning: {msg}; waiting for the cluster to grow", file=sys.stderr)
+
+
+# -- faults ---------------------------------------------------------------------------------------
+class WorkerLost(RuntimeError):
+    """A Ray actor's process died and the run cannot go on in place; the message says how to resume."""
+
+
+def _alive(actor: Any) -> bool:
+    """False once `actor`'s process is gone (a busy actor that does not answer in time counts as alive)."""
+    try:
+        ray.get(actor.pid.remote(), timeout=10)
+        return True
+    except GetTimeoutError:
+        return True
+    except RayActorError:
+        return False
+
+
+def _resume_hint(ckpt_root: Path) -> str:
+    ck = checkpoint.latest(ckpt_root)
+    where = f"checkpoint {ck.path.name}" if ck else "the start (no checkpoint yet)"
+    return f"rerun with run.resume=auto to continue from {where}"
+
+
+class RolloutPool:
+    """The rollout actors. One whose process dies is replaced once per step by a fresh actor that serves the
+    learner's current adapters (checked with the sync probe), and only its share of the step is redone: with the
+    step's seed that share is the same episodes, so nothing is lost or sampled twice. A second death in the same
+    step stops the run with `WorkerLost`."""
+
+    def __init__(self, base: str, recipe: Recipe, learner: LearnerGroup, ckpt_root: Path) -> None:
+        cfg = recipe.rl
+        self.cls = ray.remote(num_cpus=cfg.rollout_cpus, num_gpus=cfg.rollout_gpus)(RolloutWorker)
+        self.base, self.recipe, self.learner, self.ckpt_root = base, recipe, learner, ckpt_root
+        files = ray.put(learner.export(list(ROLES)))  # rollouts start from the learner's adapters, fresh LoRA included
+        self.workers = [self.cls.remote(base, recipe, files, recipe.run.seed + i) for i in range(cfg.rollout_actors)]
+        self.pids: list[int] = ray.get([w.pid.remote() for w in self.workers])  # surfaces engine start-up errors here
+        self.restarted_at: set[int] = set()
+
+    def replace(self, i: int, step: int, probes: dict[str, list[int]]) -> None:
+        """Start a new actor in slot `i` with the learner's current adapters and check it serves them."""
+        what = f"rollout worker {i} (pid {self.pids[i]}) died at step {step}"
+        if step in self.restarted_at:
+            raise WorkerLost(f"{what}, after a restart in the same step; {_resume_hint(self.ckpt_root)}")
+        self.restarted_at.add(step)
+        print(f"longshort rl: {what}; restarting it and redoing its share of the step", file=sys.stderr)
+        ray.kill(self.workers[i], no_restart=True)
+        try:
+            self.workers[i] = self.cls.remote(self.base, self.recipe, self.learner.export(list(ROLES)), self.recipe.run.seed + i)
+            self.pids[i] = ray.get(self.workers[i].pid.remote())
+            verify(self.learner, [self.workers[i]], probes, self.recipe.rl.sync_tolerance)
+        except RayActorError:
+            raise WorkerLost(f"{what} and its replacement failed to start; {_resume_hint(self.ckpt_root)}") from None
+
+    def rollout(self, batch: list[dict[str, Any]], step: int, seed: int, probes: dict[str, list[int]]) -> list[Episode]:
+        """The step's episodes: problems split over the workers; a dead worker's share is redone on its replacement."""
+        n, g = len(self.workers), self.recipe.rl.group_size
+        chunks = [batch[i::n] for i in range(n)]
+        futures = [w.rollout.remote(c, g, step, seed) if c else None for w, c in zip(self.workers, chunks)]
+        parts: list[list[Episode]] = []
+        for i, f in enumerate(futures):
+            if f is None:
+                continue
+            try:
+                parts.append(ray.get(f))
+            except RayActorError:
+                self.replace(i, step, probes)
+                try:
+                    parts.append(ray.get(self.workers[i].rollout.remote(chunks[i], g, step, seed)))
+                except RayActorError:
+                    self.replace(i, step, probes)  # raises WorkerLost: the second death in this step
+        return [ep for part in parts for ep in part]
+
+    def sync(self, roles: list[str], probes: dict[str, list[int]], step: int) -> tuple[int, dict[str, float]]:
+        """Push the updated adapters and verify them; a dead rollout worker is replaced and the sync redone."""
+        try:
+            return push(self.learner, self.workers, roles), verify(self.learner, self.workers, probes, self.recipe.rl.sync_tolerance)
+        except RayActorError:
+            dead = [i for i, w in enumerate(self.workers) if not _alive(w)]
+            if not dead:  # the learner died: the caller names it
+                raise
+        for i in dead:
+            self.replace(i, step, probes)
+        try:  # set_adapters is idempotent: workers that already took the new adapters take them again
+            return push(self.learner, self.workers, roles), verify(self.learner, self.workers, probes, self.recipe.rl.sync_tolerance)
+        except RayActorError:
+            raise WorkerLost(f"a rollout worker died again at step {step}; {_resume_hint(self.ckpt_root)}") from None
+
+    def close(self) -> None:
+        for w in self.workers:
+            try:
+                ray.get(w.close.remote(), timeout=60)
+            except Exception:  # the worker may already be dead; it is killed next anyway
+                pass
+            ray.kill(w)
+
+
+def _lost(step: int, learner: LearnerGroup, pool: RolloutPool | None, ckpt_root: Path) -> WorkerLost:
+    """Name the actor whose process died (learner workers first: they hold the optimizer state)."""
+    at = f"at step {step}" if step else "before the first step"
+    for rank, w in enumerate(learner.workers):
+        if not _alive(w):
+            return WorkerLost(f"learner worker {rank} (pid {learner.pids[rank]}) died {at}; {_resume_hint(ckpt_root)}")
+    for i, w in enumerate(pool.workers if pool else []):
+        if not _alive(w):
+            return WorkerLost(f"rollout worker {i} (pid {pool.pids[i]}) died {at}; {_resume_hint(ckpt_root)}")
+    return WorkerLost(f"a Ray actor became unreachable {at}; {_resume_hint(ckpt_root)}")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -56,15 +189,23 @@ def load_problems(recipe: Recipe) -> list[dict[str, Any]]:
         return [{"id": r["id"], "problem": r["problem"], "answer": r["answer"]} for r in train]
     rejects = Rejects()
     rows = []
+    first: dict[str, int] = {}  # id -> line; a repeated id would merge two problems into one advantage group
     for n, row in read_jsonl(recipe.data.train, on_error=recipe.data.on_error, rejects=rejects):
         problem = row.get("problem", row.get("question"))
         answer = row.get("answer")
+        pid = str(row.get("id", row.get("idx", n)))
         if not isinstance(problem, str) or not problem.strip() or answer is None or str(answer).strip() == "":
-            if recipe.data.on_error == "skip":
-                rejects.add(f"{recipe.data.train}:{n}", "missing or empty problem/answer")
-                continue
-            raise DataError(f"{recipe.data.train}:{n}: a problem row needs non-empty 'problem' (or 'question') and 'answer'")
-        rows.append({"id": str(row.get("id", row.get("idx", n))), "problem": problem, "answer": str(answer)})
+            reason = "a problem row needs non-empty 'problem' (or 'question') and 'answer'"
+        elif pid in first:
+            reason = f"duplicate id '{pid}' (first at line {first[pid]})"
+        else:
+            first[pid] = n
+            rows.append({"id": pid, "problem": problem, "answer": str(answer)})
+            continue
+        if recipe.data.on_error == "skip":
+            rejects.add(f"{recipe.data.train}:{n}", reason)
+            continue
+        raise DataError(f"{recipe.data.train}:{n}: {reason}")
     if len(rejects):
         print(f"longshort rl: skipped {len(rejects)} bad rows of {recipe.data.train}", file=sys.stderr)
     if not rows:
@@ -222,10 +363,12 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             raise ConfigError(f"key 'roles.{role}.adapter': {path} is not a PEFT adapter directory")
 
     started_ray = connect_ray(cfg.ray_address or ray_address, cfg.ray_num_cpus)
-    rollout_workers: list[Any] = []
+    pool: RolloutPool | None = None
     learner: LearnerGroup | None = None
+    ckpt_root = run_dir / "checkpoints"
+    step = 0
     try:
-        ckpt_root = run_dir / "checkpoints"
+        check_resources(recipe, local=started_ray)
         ckpt = checkpoint.latest(ckpt_root) if recipe.run.resume == "auto" else None
         ref = {r: read_adapter(p) if (p := getattr(recipe.roles, r).adapter) else None for r in ROLES}
         init = {r: read_adapter(ckpt.adapter(r)) for r in ROLES} if ckpt else ref
@@ -245,15 +388,15 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             for p in (metrics_path, episodes_path):
                 _truncate_log(p, start_step)
 
-        # Rollout workers start from the learner's adapters, so a fresh LoRA is served exactly as it is trained.
-        start_files = learner.export(list(ROLES))
-        rollout_cls = ray.remote(num_cpus=cfg.rollout_cpus, num_gpus=cfg.rollout_gpus)(RolloutWorker)
-        rollout_workers = [
-            rollout_cls.remote(base, recipe, start_files, recipe.run.seed + i) for i in range(cfg.rollout_actors)
-        ]
-        ray.get([w.pid.remote() for w in rollout_workers])  # surface engine start-up errors here
+        pool = RolloutPool(base, recipe, learner, ckpt_root)
         tokenizer_probe = _initial_probes(recipe, base, problems)
-        initial = verify(learner, rollout_workers, tokenizer_probe, cfg.sync_tolerance)
+        initial = verify(learner, pool.workers, tokenizer_probe, cfg.sync_tolerance)
+        # The node id of every actor: shows whether a multi-node cluster really spread the work (placement.json).
+        placement = {
+            "rollout": ray.get([w.node.remote() for w in pool.workers]),
+            "learner": ray.get([w.node.remote() for w in learner.workers]),
+        }
+        write_json(run_dir / "placement.json", placement)
 
         from torch.utils.tensorboard import SummaryWriter
 
@@ -267,9 +410,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             batch = batch_at(problems, cursor, cfg.problems_per_step, recipe.run.seed)
             cursor += cfg.problems_per_step
             step_seed = (recipe.run.seed * 1_000_003 + step) & 0x7FFFFFFF
-            chunks = [batch[i :: len(rollout_workers)] for i in range(len(rollout_workers))]
-            futures = [w.rollout.remote(c, cfg.group_size, step, step_seed) for w, c in zip(rollout_workers, chunks) if c]
-            episodes = [ep for part in ray.get(futures) for ep in part]
+            episodes = pool.rollout(batch, step, step_seed, tokenizer_probe)
             t1 = time.perf_counter()
 
             assign_rewards(episodes, cfg.rewards, recipe.roles.short.max_tokens)
@@ -280,9 +421,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             check_rollout_gap(stats, cfg.sync_tolerance)
             t2 = time.perf_counter()
 
-            sent = push(learner, rollout_workers, list(batches))
-            probes = probes_from(episodes) or tokenizer_probe
-            diffs = verify(learner, rollout_workers, probes, cfg.sync_tolerance)
+            sent, diffs = pool.sync(list(batches), probes_from(episodes) or tokenizer_probe, step)
             t3 = time.perf_counter()
 
             row: dict[str, Any] = {"step": step, "cursor": cursor, "trained": sorted(batches)}
@@ -305,16 +444,16 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", tok=f"{row['tokens']:.0f}", sync="ok")
         bar.close()
         tb.close()
-        summary = {"steps": cfg.steps, "resumed_from": start_step, "initial_sync": initial, "last": last}
+        summary = {"steps": cfg.steps, "resumed_from": start_step, "initial_sync": initial, "placement": placement, "last": last}
         _write_summary(run_dir, summary)
         return summary
+    except RayActorError:
+        if learner is None:  # died while the learner group was starting
+            raise WorkerLost(f"a learner worker died while starting; {_resume_hint(ckpt_root)}") from None
+        raise _lost(step, learner, pool, ckpt_root) from None
     finally:
-        for w in rollout_workers:
-            try:
-                ray.get(w.close.remote(), timeout=60)
-            except Exception:  # the worker may already be dead; it is killed next anyway
-                pass
-            ray.kill(w)
+        if pool is not None:
+            pool.close()
         if learner is not None:
             learner.shutdown()
         if started_ray:
@@ -344,6 +483,9 @@ def _rng_from(data: list) -> tuple:
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     last = summary["last"]
     lines = [f"# RL run {run_dir.name}", "", f"steps: {summary['steps']} (resumed from step {summary['resumed_from']})", ""]
+    place = summary["placement"]
+    nodes = {n for ids in place.values() for n in ids}
+    lines += [f"Ray nodes used: {len(nodes)} (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in place.items()) + ")", ""]
     keys = ["accuracy", "tokens", "tokens_per_solved", "rethink_rate", "long/reward", "short/reward", "long/kl", "short/kl"]
     lines += ["| metric | last step |", "|---|---|"] + [f"| {k} | {last.get(k, float('nan')):.4g} |" for k in keys if k in last]
     atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")

@@ -1,0 +1,275 @@
+"""Weight sync: LoRA-only (what longshort does) vs full weights, and sync as a share of the RL step.
+
+In one process, a `PolicyLearner` (tiny model, LoRA on all seven projections, random non-zero B) and a vLLM
+engine serving it. Each sync is timed from the learner's tensors to the engine serving them, up to the first
+token it generates with them (vLLM loads a new LoRA lazily, on first use), minus the same one-token call with
+the weights already in place:
+
+- LoRA: `export_adapter` (adapter_config.json + LoRA safetensors) -> written to a fresh folder ->
+  `engine.set_adapter` (new LoRA id) -> first call.  This is rl/sync.py's `push` without Ray's object store.
+- full: the adapter merged into the base weights (peft merge/unmerge) -> the whole state dict saved as
+  safetensors -> vLLM's in-place `reload_weights` from that folder -> first call on the base. The usual way an
+  engine is given a new full-weight policy without restarting it.
+
+After each full sync the engine's base logprobs are checked against the learner's merged-adapter logprobs,
+so the timed path really delivers the new policy. The share of the step comes from the `rl_step` entry of
+bench/results.json (`time/sync` of `run_rl`, which also runs the logprob probe), else from a short `run_rl` here.
+
+    .venv/bin/python bench/sync.py [--quick] [--repeats 3] [--model tiny-3M,qwen2-25M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import RECIPE, load_avg, load_results, machine, median, met, rl_overrides, save_result, write_section  # noqa: E402
+
+TARGET = 0.05  # sync <= 5% of the RL step
+SHAPES = {"tiny-3M": {}, "qwen2-25M": {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 4, "intermediate_size": 1536}}
+
+
+def _merged_state(learner: Any, role: str) -> dict[str, Any]:
+    """The base weights with `role`'s LoRA merged in, under the base checkpoint's names (learner left unchanged)."""
+    peft = learner.model
+    peft.base_model.set_adapter(role)
+    peft.merge_adapter([role])
+    try:
+        out = {}
+        for name, t in peft.get_base_model().state_dict().items():
+            if "lora_" in name:
+                continue
+            out[name.replace(".base_layer.", ".")] = t.detach().clone().contiguous()
+        return out
+    finally:
+        peft.unmerge_adapter()
+
+
+def lean_export(learner: Any, role: str) -> dict[str, bytes]:
+    """The same adapter files as `PolicyLearner.export_adapter`, without PEFT's save_pretrained: no README model
+    card (a Jinja template compiled on every save) and no temporary folder. The fix the profile points at."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save
+
+    tensors = get_peft_model_state_dict(learner.model, adapter_name=role)
+    config = learner.model.peft_config[role].to_dict()
+    as_json = json.dumps(config, default=lambda o: sorted(o) if isinstance(o, set) else str(o))  # sets (target_modules)
+    return {"adapter_config.json": as_json.encode(), "adapter_model.safetensors": save({k: v.contiguous() for k, v in tensors.items()})}
+
+
+def one_token(engine: Any, prompt: list[int], role: str | None) -> float:
+    from longshort.engines.base import GenRequest, SamplingParams
+
+    t = time.perf_counter()
+    engine.generate([GenRequest(prompt, role, SamplingParams(temperature=1.0, max_tokens=1, seed=0, ignore_eos=True))])
+    return time.perf_counter() - t
+
+
+def measure(root: Path, name: str, shape: dict[str, int], repeats: int) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import save_file
+
+    from common import build_model
+    from longshort.config.core import EngineConfig, TinyModelConfig
+    from longshort.config.rl import RLConfig
+    from longshort.engines import make_engine
+    from longshort.rl.learner import PolicyLearner, write_adapter
+
+    model = build_model(root / name, TinyModelConfig(**shape))
+    learner = PolicyLearner(model, {"long": None, "short": None}, {"long": None, "short": None}, RLConfig(),
+                            max_tokens={"long": 64, "short": 64})  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # B = 0 at init would make every policy the base: make the adapter matter
+        for p in learner.params["long"]:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    cfg = EngineConfig(dtype="float32", gpu_memory_utilization=0.1, enforce_eager=True, max_model_len=512)
+    start = write_adapter(learner.export_adapter("long"), root / f"{name}-lora-0")
+    engine = make_engine("vllm", model, cfg, {"long": str(start)}, seed=0)
+    prompt = list(range(20, 84))
+    lora: dict[str, list[float]] = {"export": [], "write": [], "load_and_first_call": [], "warm_call": [], "lean_export": []}
+    full: dict[str, list[float]] = {"merge_export": [], "write": [], "reload": [], "first_call": [], "warm_call": []}
+    max_diff = 0.0
+    try:
+        one_token(engine, prompt, "long")
+        one_token(engine, prompt, None)
+        for i in range(1, repeats + 1):
+            t0 = time.perf_counter()
+            files = learner.export_adapter("long")
+            t1 = time.perf_counter()
+            path = write_adapter(files, root / f"{name}-lora-{i}")
+            engine.set_adapter("long", str(path))
+            t2 = time.perf_counter()
+            lora["export"].append(t1 - t0)
+            lora["write"].append(t2 - t1)
+            lora["load_and_first_call"].append(one_token(engine, prompt, "long"))
+            lora["warm_call"].append(one_token(engine, prompt, "long"))
+            lora_bytes = sum(len(b) for b in files.values())
+            t0 = time.perf_counter()
+            lean = lean_export(learner, "long")
+            lora["lean_export"].append(time.perf_counter() - t0)
+            engine.set_adapter("long", str(write_adapter(lean, root / f"{name}-lean-{i}")))
+            got = engine.score([prompt], ["long"], [1])[0]  # the lean files must serve the same adapter
+            want = learner.logprobs("long", [prompt])[0][1:]
+            lean_diff = max(abs(x - y) for x, y in zip(got, want))
+
+            t0 = time.perf_counter()
+            state = _merged_state(learner, "long")
+            t1 = time.perf_counter()
+            folder = root / f"{name}-full-{i}"
+            folder.mkdir()
+            save_file(state, str(folder / "model.safetensors"))
+            shutil.copy(Path(model) / "config.json", folder / "config.json")
+            t2 = time.perf_counter()
+            engine.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(folder)})
+            t3 = time.perf_counter()
+            full["merge_export"].append(t1 - t0)
+            full["write"].append(t2 - t1)
+            full["reload"].append(t3 - t2)
+            full["first_call"].append(one_token(engine, prompt, None))
+            full["warm_call"].append(one_token(engine, prompt, None))
+            full_bytes = (folder / "model.safetensors").stat().st_size
+            got = engine.score([prompt], [None], [1])[0]
+            want = learner.logprobs("long", [prompt])[0][1:]
+            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, want)))
+            shutil.rmtree(folder)
+            # Back to the original base (untimed): the next LoRA round must run on the base the adapter belongs to.
+            engine.llm.collective_rpc("reload_weights", kwargs={"weights_path": model})
+    finally:
+        engine.close()
+    med = {k: median(v) for k, v in lora.items()}
+    lora_s = med["export"] + med["write"] + max(0.0, med["load_and_first_call"] - med["warm_call"])
+    fm = {k: median(v) for k, v in full.items()}
+    full_s = fm["merge_export"] + fm["write"] + fm["reload"] + max(0.0, fm["first_call"] - fm["warm_call"])
+    return {
+        "model": name,
+        "params": sum(p.numel() for n, p in learner.model.named_parameters() if "lora_" not in n),
+        "repeats": repeats,
+        "lora_bytes": lora_bytes,
+        "full_bytes": full_bytes,
+        "lora_s": round(lora_s, 4),
+        "full_s": round(full_s, 4),
+        "full_over_lora": round(full_s / lora_s, 2),
+        "lora_parts_s": {k: round(v, 4) for k, v in med.items()},
+        "full_parts_s": {k: round(v, 4) for k, v in fm.items()},
+        "full_sync_logprob_max_diff": max_diff,
+        "lean_export_s": round(med["lean_export"], 4),
+        "lean_export_logprob_max_diff": lean_diff,
+    }
+
+
+def step_share(root: Path, quick: bool) -> dict[str, Any]:
+    """Sync share of the RL step: from rl_step's longshort run if recorded, else a short run_rl here."""
+    prev = load_results().get("rl_step", {}).get("longshort")
+    if prev:
+        return {"source": "bench/results.json rl_step.longshort (run_rl medians)", "step_s": prev["step_s"], "sync_s": prev["sync_s"]}
+    from common import build_model
+    from longshort.config.recipe import load_recipe
+    from longshort.rl.loop import run_rl
+
+    model = build_model(root / "share-model")
+    steps = 3 if quick else 4
+    over = rl_overrides(str(root / "share"), model, steps=steps, problems=2 if quick else 4, group=4, max_tokens=32 if quick else 48)
+    run_rl(load_recipe(str(RECIPE), over + [f"rl.ray_num_cpus={os.cpu_count()}"]), progress=False)
+    rows = [json.loads(x) for x in (root / "share" / "tiny-rl" / "metrics.jsonl").read_text().splitlines()][1:]
+    return {"source": f"run_rl here, {steps} steps, medians of steps 2..", "step_s": round(median([r["time/step"] for r in rows]), 3),
+            "sync_s": round(median([r["time/sync"] for r in rows]), 3)}  # fmt: skip
+
+
+def judge(res: dict[str, Any]) -> None:
+    res["sync_fraction"] = round(res["share"]["sync_s"] / res["share"]["step_s"], 4)
+    res["target"] = f"sync <= {100 * TARGET:g}% of the RL step"
+    res["target_met"] = res["sync_fraction"] <= TARGET
+
+
+def write_doc(res: dict[str, Any]) -> None:
+    rows = ["| model | LoRA bytes | full bytes | LoRA sync s | full sync s | full / LoRA | full-sync logprob check |",
+            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in res["rows"]:
+        rows.append(f"| {r['model']} | {r['lora_bytes'] / 1e6:.2f} MB | {r['full_bytes'] / 1e6:.1f} MB | {r['lora_s']:.3f} | "
+                    f"{r['full_s']:.3f} | {r['full_over_lora']:.1f}× | max diff {r['full_sync_logprob_max_diff']:.1e} |")  # fmt: skip
+    s = res["share"]
+    r0 = res["rows"][0]
+    lean, slow, lean_diff = f"{r0['lean_export_s']:.3f}", f"{r0['lora_parts_s']['export']:.3f}", f"{r0['lean_export_logprob_max_diff']:.1e}"
+    parts = "; ".join(f"{r['model']}: LoRA {r['lora_parts_s']}, full {r['full_parts_s']}" for r in res["rows"])
+    body = f"""Time from the learner's updated tensors to the vLLM engine generating with them, LoRA-only (longshort's
+sync: export the adapter, write it, register it under a new LoRA id, vLLM loads it on first use) vs full
+weights (merge the LoRA into the base, save the whole state dict, vLLM `reload_weights` in place). Each
+timing is the median of {res['repeats']} syncs and counts up to the first generated token, minus a warm
+one-token call; the learner side runs one torch thread, as in `run_rl`'s 1-CPU actor. After each full sync
+the engine's logprobs are checked against the learner's, then the original base is reloaded (untimed).
+
+```
+{res['command']}
+```
+
+{chr(10).join(rows)}
+
+Share of the RL step (`{s['source']}`): sync {s['sync_s']:.3f} s of a {s['step_s']:.3f} s step =
+**{100 * res['sync_fraction']:.1f}%** (this `time/sync` also includes the logprob probe that verifies the sync).
+Target: {res['target']} — {met(res['target_met'])}.
+
+Parts (median seconds): {parts}.
+
+Profile of the LoRA sync (cProfile of `PolicyLearner.export_adapter`): about 60% of the export is PEFT's
+`save_pretrained` writing a README model card (`create_or_update_model_card` compiles a Jinja template on every
+save) and most of the rest is `get_peft_model_state_dict`. Writing the same two files directly
+(`get_peft_model_state_dict` + `safetensors.torch.save` + the adapter config; `lean_export` in bench/sync.py)
+takes {lean} s instead of {slow} s, and the engine serves the result with the learner's logprobs
+(max diff {lean_diff}). That change belongs in longshort/rl/learner.py (`export_adapter`); not made here.
+
+Measured on {res['machine']}; CPU shared with other jobs (load average {res['load_avg_before']} before,
+{res['load_avg_after']} after).
+"""
+    write_section("Weight sync: LoRA vs full", body, before="Rollout engines")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="2 repeats, tiny-3M only")
+    p.add_argument("--doc-only", action="store_true", help="rewrite the doc section from bench/results.json, run nothing")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default="tiny-3M,qwen2-25M")
+    a = p.parse_args()
+    if a.doc_only:  # also re-reads the step share, so it matches the rl_step entry now in results.json
+        res = load_results()["sync"]
+        prev = load_results().get("rl_step", {}).get("longshort")
+        if prev:
+            res["share"] = {"source": "bench/results.json rl_step.longshort (run_rl medians)", "step_s": prev["step_s"], "sync_s": prev["sync_s"]}
+        judge(res)
+        save_result("sync", res)
+        write_doc(res)
+        return
+    import torch
+
+    torch.set_num_threads(1)  # the learner side as in run_rl: a Ray actor with 1 CPU (OMP_NUM_THREADS=1)
+    names = ["tiny-3M"] if a.quick else a.model.split(",")
+    repeats = 2 if a.quick else a.repeats
+    res: dict[str, Any] = {"what": "LoRA-only vs full-weight sync into the vLLM engine; sync share of the RL step",
+                           "command": "python bench/sync.py " + " ".join(sys.argv[1:]), "machine": machine(),
+                           "load_avg_before": load_avg(), "repeats": repeats, "rows": []}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+        for name in names:
+            row = measure(Path(tmp), name, SHAPES[name], repeats)
+            print(row, flush=True)
+            res["rows"].append(row)
+        res["share"] = step_share(Path(tmp), a.quick)
+    res["load_avg_after"] = load_avg()
+    judge(res)
+    print(f"sync share of the step: {100 * res['sync_fraction']:.1f}% (target <= {100 * TARGET:g}%)")
+    save_result("sync", res)
+    write_doc(res)
+
+
+if __name__ == "__main__":
+    main()

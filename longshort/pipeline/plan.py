@@ -1,0 +1,163 @@
+"""The pipeline's plan: every stage's own recipe, its wiring to earlier stages, and its fingerprint.
+
+Stage recipes are built from the pipeline recipe's shared sections, then `pipeline.<stage>`, then the wiring
+(paths to what earlier stages wrote), so following a key is: pipeline.yaml -> `<run>/<stage>/recipe.yaml`
+-> the stage. A stage's fingerprint hashes its recipe and its upstream fingerprints: a changed section reruns
+that stage and every stage after it, nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longshort.config.loader import build, deep_merge, to_dict
+from longshort.config.recipe import Recipe
+
+# (stage, upstream stages). Order is execution order.
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("base", ()),
+    ("data", ()),
+    ("reasoner", ("base", "data")),
+    ("analyze", ("reasoner", "data")),
+    ("coldstart", ("analyze",)),
+    ("sft_long", ("reasoner", "coldstart")),
+    ("sft_short", ("reasoner", "coldstart")),
+    ("rl", ("reasoner", "sft_long", "sft_short", "data")),
+    ("eval", ("reasoner", "sft_long", "sft_short", "rl", "data")),
+    ("benchmarks", ("reasoner", "sft_long", "sft_short", "rl")),
+    ("export", ("sft_long", "sft_short", "rl")),
+)
+
+
+# Recipe sections each stage reads: its fingerprint covers these (and run.seed), so a change elsewhere
+# (say `evaluation.limit`) does not rerun the reasoner's SFT.
+READS: dict[str, tuple[str, ...]] = {
+    "base": ("model",),
+    "data": ("synthetic", "data"),
+    "reasoner": ("model", "roles", "sft"),
+    "analyze": ("model", "engine", "analysis"),
+    "coldstart": ("model", "analysis", "coldstart"),
+    "sft_long": ("model", "roles", "sft"),
+    "sft_short": ("model", "roles", "sft"),
+    "rl": ("model", "roles", "engine", "protocol", "data", "rl"),
+    "eval": ("model", "roles", "engine", "protocol", "evaluation"),
+    "benchmarks": ("model", "roles", "engine", "protocol", "evaluation"),
+    "export": ("model", "roles"),
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    after: tuple[str, ...]
+    recipe: Recipe
+    fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # stage settings outside the Recipe (fingerprinted too)
+
+    @property
+    def dir(self) -> Path:
+        return self.recipe.run_dir
+
+
+@dataclass
+class Plan:
+    pipeline: Recipe
+    run_dir: Path
+    stages: dict[str, Stage]
+
+    @property
+    def base(self) -> Path:
+        """The base model directory (built by stage `base` for `model.base: tiny`)."""
+        spec = self.pipeline.model.base
+        return self.run_dir / "base" / "model" if spec == "tiny" else Path(spec)
+
+    @property
+    def reasoner(self) -> Path:
+        return self.run_dir / "reasoner" / "final" if self.pipeline.pipeline.train_reasoner else self.base
+
+    @property
+    def train_file(self) -> Path:
+        return self.run_dir / "data" / "train.jsonl"
+
+    @property
+    def test_file(self) -> Path:
+        return self.run_dir / "data" / "test.jsonl"
+
+    def sft_adapter(self, role: str) -> Path:
+        return self.run_dir / f"sft_{role}" / "final"
+
+    def rl_ran(self) -> bool:
+        return self.stages["rl"].recipe.rl.steps > 0
+
+
+def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any]) -> dict[str, Any]:
+    """Keys the pipeline sets itself for stage `name`: where its inputs are. They win over the stage overlay."""
+    p = plan_paths
+    solver = shared["protocol"]["system_prompt"]
+    on_reasoner = {"model": {"base": p["reasoner"]}}
+    if name == "base":
+        return {}
+    if name == "data":
+        return {}
+    if name == "reasoner":
+        # The reasoner answers as the long-CoT solver: trained, analysed and evaluated with one system prompt.
+        return {"model": {"base": p["base"]}, "sft": {"role": "long", "mode": "full", "data": p["train"]},
+                "roles": {"long": {"system_prompt": solver, "adapter": None}}}
+    if name == "analyze":
+        return deep_merge(on_reasoner, {"analysis": {"model": p["reasoner"], "adapter": None, "traces": p["train"], "system_prompt": solver}})
+    if name == "coldstart":
+        return deep_merge(on_reasoner, {"analysis": {"model": p["reasoner"]}, "coldstart": {"thoughts": p["thoughts"]}})
+    if name in ("sft_long", "sft_short"):
+        role = name.split("_")[1]
+        return deep_merge(on_reasoner, {"sft": {"role": role, "mode": "lora", "data": p[f"coldstart_{role}"]}})
+    if name == "rl":
+        return deep_merge(on_reasoner, {"data": {"train": p["train"]},
+                                        "roles": {"long": {"adapter": p["sft_long"]}, "short": {"adapter": p["sft_short"]}}})
+    if name in ("eval", "benchmarks"):
+        return on_reasoner
+    if name == "export":
+        return on_reasoner
+    raise KeyError(name)
+
+
+def make_plan(pipeline: Recipe, where: str) -> Plan:
+    """Build and validate every stage's recipe (errors name `pipeline.<stage>` and the key) and fingerprint them."""
+    cfg = pipeline.pipeline
+    run_dir = pipeline.run_dir
+    shared = to_dict(pipeline)
+    shared.pop("pipeline")
+    base = str(run_dir / "base" / "model") if pipeline.model.base == "tiny" else pipeline.model.base
+    reasoner = str(run_dir / "reasoner" / "final") if cfg.train_reasoner else base
+    paths = {
+        "base": base, "reasoner": reasoner, "train": str(run_dir / "data" / "train.jsonl"),
+        "thoughts": str(run_dir / "analyze" / "thoughts.jsonl"),
+        "coldstart_long": str(run_dir / "coldstart" / "long.jsonl"), "coldstart_short": str(run_dir / "coldstart" / "short.jsonl"),
+        "sft_long": str(run_dir / "sft_long" / "final"), "sft_short": str(run_dir / "sft_short" / "final"),
+    }
+    overlays = {"reasoner": cfg.reasoner, "analyze": cfg.analyze, "coldstart": cfg.coldstart, "sft_long": cfg.sft_long,
+                "sft_short": cfg.sft_short, "rl": cfg.rl, "eval": cfg.eval, "benchmarks": cfg.benchmark_eval}
+    extras: dict[str, dict[str, Any]] = {
+        "data": {"task": cfg.task},
+        "reasoner": {"train": cfg.train_reasoner},
+        "eval": {"systems": list(cfg.systems)},
+        "benchmarks": {"files": dict(cfg.benchmarks)},
+        "export": {"vllm_check": cfg.export_vllm_check},
+    }
+    stages: dict[str, Stage] = {}
+    for name, after in STAGES:
+        data = deep_merge(shared, overlays.get(name, {}))
+        data = deep_merge(data, _wiring(paths, name, shared))
+        data = deep_merge(data, {"run": {"out_dir": str(run_dir), "name": name}})
+        recipe = build(Recipe, data, f"{where}: pipeline.{name}" if name in overlays else where)
+        stage = Stage(name, after, recipe, extra=extras.get(name, {}))
+        body = to_dict(recipe)
+        reads = {k: body[k] for k in READS[name]} | {"seed": recipe.run.seed}
+        blob = json.dumps({"reads": reads, "extra": stage.extra, "after": [stages[a].fingerprint for a in after]},
+                          sort_keys=True, default=str)
+        stage.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        stages[name] = stage
+    return Plan(pipeline, run_dir, stages)

@@ -1,0 +1,188 @@
+"""What each pipeline stage does: call the stage's library entry point with the stage's own recipe.
+
+Every function takes the plan and its stage, leaves its outputs in the stage directory, resumes from what a
+crashed attempt left there (each entry point is resumable on its own), and returns a small summary for
+`stage.json` and the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from longshort.errors import UserError
+from longshort.io import write_json, write_jsonl
+from longshort.pipeline.plan import Plan, Stage
+from longshort.types import ROLES
+
+# Which adapters each evaluated system serves on the reasoner, and its protocol.
+SYSTEM_PROTOCOL = {"long_cot": "long_cot", "sr": "sr", "pdr": "pdr", "long_short_sft": "long_short", "long_short_rl": "long_short"}
+
+
+def run_base(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    from longshort.models import build_tiny, model_info
+
+    r = stage.recipe
+    if r.model.base == "tiny":
+        if not (plan.base / "config.json").is_file():
+            build_tiny(plan.base, r.model.tiny, r.run.seed)
+    elif not (plan.base / "config.json").is_file():
+        raise UserError(f"key 'model.base': {plan.base} is not a local HF model directory (no config.json)")
+    info = model_info(plan.base)
+    return {"path": str(plan.base), "model_type": info.get("model_type"), "vocab_size": info.get("vocab_size"),
+            "hidden_size": info.get("hidden_size"), "layers": info.get("num_hidden_layers")}
+
+
+def run_data(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    r = stage.recipe
+    out = stage.dir
+    if stage.extra["task"] == "synthetic":
+        from longshort.data.synthetic import write_task
+
+        counts = write_task(r.synthetic.n, r.run.seed, out, r.synthetic.test_fraction, r.synthetic)
+        return dict(counts)
+    from longshort.data.benchmarks import load_benchmark
+    from longshort.data.traces import read_traces
+    from longshort.io import Rejects
+
+    if not r.data.train or not r.data.test:
+        raise UserError("pipeline.task files needs keys 'data.train' (traces) and 'data.test' (held-out problems)")
+    rejects = Rejects()
+    train = [t.to_dict() for t in read_traces(r.data.train, on_error=r.data.on_error, rejects=rejects)]
+    test = load_benchmark("synthetic", path=r.data.test, on_error=r.data.on_error)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "test.jsonl", test.rows)
+    if len(rejects) or test.rejects:
+        write_jsonl(out / "rejects.jsonl", rejects.rows + test.rejects.rows)
+    return {"train": len(train), "test": len(test.rows), "rejected": len(rejects) + len(test.rejects)}
+
+
+def run_sft(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    from accelerate.state import AcceleratorState
+
+    from longshort.sft.trainer import Trainer
+
+    if stage.name == "reasoner" and not stage.extra["train"]:
+        return {"skipped": "pipeline.train_reasoner is false: the base is the reasoner", "path": str(plan.reasoner)}
+    # One process runs several SFT stages; accelerate keeps a process-wide state that would pin the first
+    # stage's mixed precision, so each stage starts from a clean one (the pipeline is single-process).
+    AcceleratorState._reset_state(reset_partial_state=True)
+    info = Trainer(stage.recipe).run()
+    if not info.get("metrics"):  # a finished run found on disk: Trainer returns its record
+        info = json.loads((stage.dir / "run.json").read_text())
+    m = info["metrics"]
+    return {"role": info["role"], "mode": info["mode"], "steps": info["steps"], "first_loss": m["first_loss"],
+            "final_loss": m["final_loss"], "eval_loss": m.get("eval_loss"), "examples": info["counts"].get("train")}
+
+
+def run_analyze(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    from longshort.analysis.analyze import analyze
+
+    s = analyze(stage.recipe, show_progress=progress)
+    keys = ("traces_scored", "thoughts", "thoughts_per_trace", "M_mean", "M_mean_by_type", "accuracy_full_prefix", "accuracy_prefix0")
+    return {k: s[k] for k in keys if k in s}
+
+
+def run_coldstart(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    from longshort.analysis.coldstart import coldstart
+
+    return coldstart(stage.recipe)
+
+
+def run_rl(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    from longshort.rl.loop import run_rl as loop
+
+    if not plan.rl_ran():
+        return {"skipped": "rl.steps is 0"}
+    s = loop(stage.recipe, progress=progress)
+    return {"steps": s["steps"], "resumed_from": s["resumed_from"], "last": s["last"]}
+
+
+def final_adapters(plan: Plan) -> dict[str, str]:
+    """The adapters of the finished Long⊗Short system: RL's newest checkpoint, else the SFT adapters."""
+    if plan.rl_ran():
+        from longshort.rl import checkpoint
+
+        ck = checkpoint.latest(plan.stages["rl"].dir / "checkpoints")
+        if ck is None:
+            raise UserError(f"{plan.stages['rl'].dir}/checkpoints: no complete RL checkpoint (rerun the pipeline to redo stage rl)")
+        return {r: ck.adapter(r) for r in ROLES}
+    return {r: str(plan.sft_adapter(r)) for r in ROLES}
+
+
+def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: list[tuple[str, str]], progress: bool) -> dict[str, Any]:
+    """Evaluate `systems` on `benches` [(benchmark, path)]: one engine per adapter set, results per system folder."""
+    from longshort.commands.infer import start_engine
+    from longshort.eval import evaluate
+
+    sft = {r: str(plan.sft_adapter(r)) for r in ROLES}
+    groups: dict[str, list[str]] = {"sft": [s for s in systems if s != "long_short_rl"],
+                                    "rl": [s for s in systems if s == "long_short_rl"]}
+    results: dict[str, Any] = {}
+    for group, names in groups.items():
+        if not names:
+            continue
+        adapters = final_adapters(plan) if group == "rl" else sft
+        recipe = copy.deepcopy(stage.recipe)
+        for role in ROLES:
+            getattr(recipe.roles, role).adapter = adapters[role]
+        engine = start_engine(recipe, str(plan.reasoner), adapters)
+        try:
+            for system in names:
+                for bench, path in benches:
+                    r = copy.deepcopy(recipe)
+                    r.evaluation = dataclasses.replace(r.evaluation, benchmarks=[bench], path=path, protocols=[SYSTEM_PROTOCOL[system]],
+                                                       out=str(stage.dir / system / bench), plot=False)
+                    summary = evaluate(engine, r, str(plan.reasoner), adapters, progress=progress)
+                    row = summary["results"][0]
+                    results.setdefault(system, {})[bench] = {k: row[k] for k in (
+                        "accuracy", "tokens_per_problem", "b_seq", "b_total", "problems", "samples", "turns",
+                        "rethink_rate", "format_failure_rate", "tokens_by_role", "answered_rate")}
+        finally:
+            engine.close()
+    return results
+
+
+def run_eval(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    systems = [s for s in stage.extra["systems"] if s != "long_short_rl" or plan.rl_ran()]
+    res = _evaluate_systems(plan, stage, systems, [("synthetic", str(plan.test_file))], progress)
+    return {s: v["synthetic"] for s, v in res.items()}
+
+
+def run_benchmarks(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    files: dict[str, str] = stage.extra["files"]
+    if not files:
+        return {"skipped": "pipeline.benchmarks is empty"}
+    for name, path in files.items():
+        if not Path(path).is_file():
+            raise UserError(f"key 'pipeline.benchmarks.{name}': {path} does not exist")
+    final = "long_short_rl" if plan.rl_ran() else "long_short_sft"
+    return _evaluate_systems(plan, stage, ["long_cot", final], list(files.items()), progress)
+
+
+def run_export(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
+    """Both roles' final adapters (RL if it ran), verified merged models, one manifest."""
+    from longshort.export import Exporter, RunInfo, read_run
+
+    adapters = final_adapters(plan)
+    runs = []
+    for role in ROLES:
+        sft = read_run(plan.stages[f"sft_{role}"].dir)
+        info = dict(sft.info, final=str(Path(adapters[role]).resolve()), stage="rl" if plan.rl_ran() else "sft")
+        runs.append(RunInfo(sft.path, info))
+    out = stage.dir / "export"
+    manifest = Exporter(runs, out, vllm_check=stage.extra["vllm_check"]).export()
+    write_json(stage.dir / "exported.json", {"out": str(out), "from": adapters})
+    return {"out": str(out), "roles": {r: {"merged_max_abs_logit_diff": e["verify"]["merged_max_abs_logit_diff"],
+                                           "vllm": "ok" if isinstance(e["verify"].get("vllm"), dict) else "skipped"}
+                                       for r, e in manifest["roles"].items()}}
+
+
+RUNNERS: dict[str, Callable[[Plan, Stage, bool], dict[str, Any]]] = {
+    "base": run_base, "data": run_data, "reasoner": run_sft, "analyze": run_analyze, "coldstart": run_coldstart,
+    "sft_long": run_sft, "sft_short": run_sft, "rl": run_rl, "eval": run_eval, "benchmarks": run_benchmarks,
+    "export": run_export,
+}
