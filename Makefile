@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml scripts/setup.sh
 test: setup
 	$(PY) -m pytest -q tests
 
+# The whole Long⊗Short pipeline on the embedded tiny model; a rerun reuses finished stages (docs/pipeline.md).
+# DEMO_ARGS adds options or key=value overrides, e.g. DEMO_ARGS=--quick.
 demo: setup
-	bash scripts/demo.sh
+	$(VENV)/bin/longshort pipeline --recipe recipes/tiny/pipeline.yaml $(DEMO_ARGS)
 
 # Every benchmark (bench/run_all.py, ~20 min on 2 cores): bench/results.json + docs/benchmarks.md. TRL is the
 # RL baseline, installed here only (the `bench` extra), never by setup. BENCH_ARGS=--quick for a short run.

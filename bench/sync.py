@@ -56,16 +56,13 @@ def _merged_state(learner: Any, role: str) -> dict[str, Any]:
         peft.unmerge_adapter()
 
 
-def lean_export(learner: Any, role: str) -> dict[str, bytes]:
-    """The same adapter files as `PolicyLearner.export_adapter`, without PEFT's save_pretrained: no README model
-    card (a Jinja template compiled on every save) and no temporary folder. The fix the profile points at."""
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import save
-
-    tensors = get_peft_model_state_dict(learner.model, adapter_name=role)
-    config = learner.model.peft_config[role].to_dict()
-    as_json = json.dumps(config, default=lambda o: sorted(o) if isinstance(o, set) else str(o))  # sets (target_modules)
-    return {"adapter_config.json": as_json.encode(), "adapter_model.safetensors": save({k: v.contiguous() for k, v in tensors.items()})}
+def before_export(learner: Any, role: str) -> dict[str, bytes]:
+    """The adapter export as it was before the profile (PEFT's save_pretrained into a temporary folder, which also
+    writes a README model card): kept to measure the before/after of `PolicyLearner.export_adapter`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        learner.model.save_pretrained(tmp, selected_adapters=[role])
+        root = Path(tmp) / role if (Path(tmp) / role).is_dir() else Path(tmp)
+        return {f.name: f.read_bytes() for f in root.iterdir() if f.is_file() and f.suffix != ".md"}
 
 
 def one_token(engine: Any, prompt: list[int], role: str | None) -> float:
@@ -97,7 +94,7 @@ def measure(root: Path, name: str, shape: dict[str, int], repeats: int) -> dict[
     start = write_adapter(learner.export_adapter("long"), root / f"{name}-lora-0")
     engine = make_engine("vllm", model, cfg, {"long": str(start)}, seed=0)
     prompt = list(range(20, 84))
-    lora: dict[str, list[float]] = {"export": [], "write": [], "load_and_first_call": [], "warm_call": [], "lean_export": []}
+    lora: dict[str, list[float]] = {"export": [], "write": [], "load_and_first_call": [], "warm_call": [], "before_export": []}
     full: dict[str, list[float]] = {"merge_export": [], "write": [], "reload": [], "first_call": [], "warm_call": []}
     max_diff = 0.0
     try:
@@ -116,12 +113,12 @@ def measure(root: Path, name: str, shape: dict[str, int], repeats: int) -> dict[
             lora["warm_call"].append(one_token(engine, prompt, "long"))
             lora_bytes = sum(len(b) for b in files.values())
             t0 = time.perf_counter()
-            lean = lean_export(learner, "long")
-            lora["lean_export"].append(time.perf_counter() - t0)
-            engine.set_adapter("long", str(write_adapter(lean, root / f"{name}-lean-{i}")))
-            got = engine.score([prompt], ["long"], [1])[0]  # the lean files must serve the same adapter
+            before = before_export(learner, "long")
+            lora["before_export"].append(time.perf_counter() - t0)
+            engine.set_adapter("long", str(write_adapter(before, root / f"{name}-before-{i}")))
+            got = engine.score([prompt], ["long"], [1])[0]  # both exports must serve the same adapter
             want = learner.logprobs("long", [prompt])[0][1:]
-            lean_diff = max(abs(x - y) for x, y in zip(got, want))
+            before_diff = max(abs(x - y) for x, y in zip(got, want))
 
             t0 = time.perf_counter()
             state = _merged_state(learner, "long")
@@ -163,8 +160,8 @@ def measure(root: Path, name: str, shape: dict[str, int], repeats: int) -> dict[
         "lora_parts_s": {k: round(v, 4) for k, v in med.items()},
         "full_parts_s": {k: round(v, 4) for k, v in fm.items()},
         "full_sync_logprob_max_diff": max_diff,
-        "lean_export_s": round(med["lean_export"], 4),
-        "lean_export_logprob_max_diff": lean_diff,
+        "before_export_s": round(med["before_export"], 4),
+        "before_export_logprob_max_diff": before_diff,
     }
 
 
@@ -200,7 +197,7 @@ def write_doc(res: dict[str, Any]) -> None:
                     f"{r['full_s']:.3f} | {r['full_over_lora']:.1f}× | max diff {r['full_sync_logprob_max_diff']:.1e} |")  # fmt: skip
     s = res["share"]
     r0 = res["rows"][0]
-    lean, slow, lean_diff = f"{r0['lean_export_s']:.3f}", f"{r0['lora_parts_s']['export']:.3f}", f"{r0['lean_export_logprob_max_diff']:.1e}"
+    now, before, before_diff = f"{r0['lora_parts_s']['export']:.3f}", f"{r0['before_export_s']:.3f}", f"{r0['before_export_logprob_max_diff']:.1e}"
     parts = "; ".join(f"{r['model']}: LoRA {r['lora_parts_s']}, full {r['full_parts_s']}" for r in res["rows"])
     body = f"""Time from the learner's updated tensors to the vLLM engine generating with them, LoRA-only (longshort's
 sync: export the adapter, write it, register it under a new LoRA id, vLLM loads it on first use) vs full
@@ -221,12 +218,12 @@ Target: {res['target']} — {met(res['target_met'])}.
 
 Parts (median seconds): {parts}.
 
-Profile of the LoRA sync (cProfile of `PolicyLearner.export_adapter`): about 60% of the export is PEFT's
-`save_pretrained` writing a README model card (`create_or_update_model_card` compiles a Jinja template on every
-save) and most of the rest is `get_peft_model_state_dict`. Writing the same two files directly
-(`get_peft_model_state_dict` + `safetensors.torch.save` + the adapter config; `lean_export` in bench/sync.py)
-takes {lean} s instead of {slow} s, and the engine serves the result with the learner's logprobs
-(max diff {lean_diff}). That change belongs in longshort/rl/learner.py (`export_adapter`); not made here.
+Profile of the LoRA sync (cProfile of `PolicyLearner.export_adapter`, before): about 60% of the export was
+PEFT's `save_pretrained` writing a README model card (`create_or_update_model_card` compiles a Jinja template on
+every save), most of the rest `get_peft_model_state_dict`. `export_adapter` now writes the two files directly
+(`get_peft_model_state_dict` + `safetensors.torch.save` + the adapter config). Before/after, side by side in this
+run: the old export (`before_export` in bench/sync.py) {before} s, the current one {now} s; the engine serves both
+with the learner's logprobs (max diff of the old one {before_diff}).
 
 Measured on {res['machine']}; CPU shared with other jobs (load average {res['load_avg_before']} before,
 {res['load_avg_after']} after).

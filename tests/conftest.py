@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -143,3 +144,28 @@ def rl_straight_run(ray_cluster, tmp_path_factory, tiny_model, tiny_adapters):
     args = rl_overrides(out, tiny_model, tiny_adapters, "rl.steps=4", "rl.checkpoint_every=2", "run.name=a")
     assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 0
     return out / "a"
+
+
+# --- the pipeline: one uninterrupted `longshort pipeline --quick` run for the session ------------------------
+
+PIPELINE_RECIPE = os.path.join(REPO, "recipes", "tiny", "pipeline.yaml")
+PIPELINE_STAGES = ("base", "data", "reasoner", "analyze", "coldstart", "sft_long", "sft_short", "rl", "eval", "benchmarks", "export")
+
+
+def run_pipeline_quick(*overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`longshort pipeline --recipe recipes/tiny/pipeline.yaml --quick --no-progress OVERRIDES` (tiny model, HF engine)."""
+    cli = os.path.join(REPO, ".venv", "bin", "longshort")
+    return subprocess.run([cli, "pipeline", "--recipe", PIPELINE_RECIPE, "--quick", "--no-progress", *overrides],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def pipeline_quick(tmp_path_factory, benchmarks_dir):
+    """The uninterrupted `longshort pipeline --quick` run (~50 s on 2 cores): (run dir, the overrides it ran with).
+    tests/test_pipeline.py checks and reruns it (its eval and rl stages stay as written here); the kill trial in
+    tests/reliability/test_kill_resume.py compares a killed-and-resumed run to it."""
+    out = tmp_path_factory.mktemp("pipeline")
+    args = [f"run.out_dir={out}", f"pipeline.benchmarks={{math500: {benchmarks_dir}/math500.jsonl}}"]
+    res = run_pipeline_quick(*args)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return out / "tiny-quick", args

@@ -4,31 +4,18 @@ both adapters trained, every stage reused on a rerun, a changed section reruns o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = str(REPO / ".venv" / "bin" / "longshort")
-RECIPE = str(REPO / "recipes" / "tiny" / "pipeline.yaml")
-STAGES = ("base", "data", "reasoner", "analyze", "coldstart", "sft_long", "sft_short", "rl", "eval", "benchmarks", "export")
-
-
-def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, "pipeline", "--recipe", RECIPE, "--quick", "--no-progress", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+from conftest import PIPELINE_STAGES as STAGES
+from conftest import run_pipeline_quick as _run
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory, benchmarks_dir):
-    out = tmp_path_factory.mktemp("pipeline")
-    args = [f"run.out_dir={out}", f"pipeline.benchmarks={{math500: {benchmarks_dir}/math500.jsonl}}"]
-    res = _run(*args)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return out / "tiny-quick", args
+def quick(pipeline_quick):
+    """The session's uninterrupted quick run (tests/conftest.py; shared with the kill trial in tests/reliability)."""
+    return pipeline_quick
 
 
 def test_report_card(quick):
@@ -37,7 +24,15 @@ def test_report_card(quick):
     assert set(report["systems"]) == {"long_cot", "long_short_sft", "long_short_rl", "sr", "pdr"}
     for row in report["systems"].values():
         assert row["problems"] == 6 and row["tokens_per_problem"] > 0
-        assert row["b_total"] >= row["b_seq"] > row["tokens_per_problem"] * 0  # budgets counted per call
+        assert row["b_total"] >= row["b_seq"] > 0  # budgets counted per call
+    for system in report["systems"]:  # long_cot, SR and PDR are the reasoner alone; Long⊗Short alternates the roles
+        episodes = [json.loads(line) for f in (run / "eval" / system / "synthetic").rglob("*.jsonl") for line in f.open()]
+        assert len(episodes) == 6
+        roles = {t["role"] for ep in episodes for t in ep["turns"]}
+        if system.startswith("long_short"):
+            assert "long" in roles and roles <= {"long", "short"}, (system, roles)
+        else:
+            assert roles == {"base"}, (system, roles)
     head = report["headline"]
     lc, ls = report["systems"]["long_cot"], report["systems"]["long_short_rl"]
     assert head["long_short_system"] == "long_short_rl"

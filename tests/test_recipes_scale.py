@@ -19,6 +19,7 @@ import pytest
 
 from longshort.config import load_recipe
 from longshort.config.loader import read_yaml
+from longshort.config.pipeline import quick_overrides
 from longshort.errors import UserError
 from longshort.pipeline.plan import STAGES, Plan, make_plan
 
@@ -49,15 +50,8 @@ def declarations(path: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def quick_overrides(path: str) -> list[str]:
-    """What `longshort pipeline --quick` adds (commands/pipeline.py)."""
-    raw = read_yaml(REPO / path)
-    quick = raw.get("pipeline", {}).get("quick", {})
-    return [f"{k}={json.dumps(v)}" for k, v in quick.items()] + [f"run.name={raw['run']['name']}-quick", "run.quick=true"]
-
-
 def resolve(path: str, quick: bool = False, overrides: list[str] | None = None) -> Plan:
-    ovr = (quick_overrides(path) if quick else []) + list(overrides or [])
+    ovr = (quick_overrides(REPO / path) if quick else []) + list(overrides or [])
     return make_plan(load_recipe(str(REPO / path), ovr), path)
 
 

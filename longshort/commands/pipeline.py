@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from longshort.commands.common import add_recipe_arguments
 
@@ -18,25 +18,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The pipeline's console is one line per stage plus progress bars; vLLM's per-engine INFO lines would bury it.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from longshort.config import load_recipe
-    from longshort.config.loader import read_yaml
+    from longshort.config.pipeline import quick_overrides
     from longshort.pipeline.plan import make_plan
     from longshort.pipeline.runner import run_plan
+    from longshort.rl.loop import WorkerLost
+    from longshort.rl.sync import SyncError
 
     overrides = list(args.overrides)
     where = args.recipe
     if args.quick:
-        raw = read_yaml(Path(args.recipe))
-        quick = raw.get("pipeline", {}).get("quick", {}) if isinstance(raw.get("pipeline"), dict) else {}
-        name = raw.get("run", {}).get("name", "run") if isinstance(raw.get("run"), dict) else "run"
-        # JSON is YAML: each value keeps its type through the override parser.
-        overrides = [f"{k}={json.dumps(v)}" for k, v in quick.items()] + [f"run.name={name}-quick", "run.quick=true"] + overrides
+        overrides = quick_overrides(args.recipe) + overrides
         where += " (--quick)"
     recipe = load_recipe(args.recipe, overrides)
     plan = make_plan(recipe, where)
-    from longshort.rl.loop import WorkerLost
-    from longshort.rl.sync import SyncError
-
     try:
         report = run_plan(plan, progress=not args.no_progress)
     except (SyncError, WorkerLost) as e:  # the RL stage stopped on a runtime fault: a rerun resumes it

@@ -7,7 +7,9 @@ recipe is built and validated before anything runs, so a typo in `pipeline.rl.rl
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from longshort.config.loader import doc
@@ -60,3 +62,14 @@ class PipelineConfig:
             raise ConfigError(f"key 'pipeline.systems': unknown system {bad[0]!r} (choose from {', '.join(SYSTEMS)})")
         if "long_cot" not in self.systems:
             raise ConfigError("key 'pipeline.systems' must include long_cot: the report compares every system with it")
+
+
+def quick_overrides(recipe_path: str | Path) -> list[str]:
+    """What `--quick` adds to the command line: the recipe's `pipeline.quick` overrides, `run.name=<name>-quick`."""
+    from longshort.config.loader import read_yaml
+
+    raw = read_yaml(Path(recipe_path))
+    quick = raw.get("pipeline", {}).get("quick", {}) if isinstance(raw.get("pipeline"), dict) else {}
+    name = raw.get("run", {}).get("name", "run") if isinstance(raw.get("run"), dict) else "run"
+    # JSON is YAML: each value keeps its type through the override parser.
+    return [f"{k}={json.dumps(v)}" for k, v in quick.items()] + [f"run.name={name}-quick", "run.quick=true"]

@@ -118,7 +118,8 @@ def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any]) -> di
         return deep_merge(on_reasoner, {"data": {"train": p["train"]},
                                         "roles": {"long": {"adapter": p["sft_long"]}, "short": {"adapter": p["sft_short"]}}})
     if name in ("eval", "benchmarks"):
-        return on_reasoner
+        # long_cot, SR and PDR are the reasoner alone: no role adapter, whatever the shared protocol section says.
+        return deep_merge(on_reasoner, {"protocol": {"long_cot_role": "base"}})
     if name == "export":
         return on_reasoner
     raise KeyError(name)

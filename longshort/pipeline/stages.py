@@ -70,7 +70,7 @@ def run_sft(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     # One process runs several SFT stages; accelerate keeps a process-wide state that would pin the first
     # stage's mixed precision, so each stage starts from a clean one (the pipeline is single-process).
     AcceleratorState._reset_state(reset_partial_state=True)
-    info = Trainer(stage.recipe).run()
+    info = Trainer(stage.recipe, progress=progress).run()
     if not info.get("metrics"):  # a finished run found on disk: Trainer returns its record
         info = json.loads((stage.dir / "run.json").read_text())
     m = info["metrics"]

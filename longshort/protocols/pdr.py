@@ -25,6 +25,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from longshort.errors import ConfigError
 from longshort.grading import extract_answer, extract_boxed
 from longshort.protocols import prompts
 from longshort.protocols.calls import Call, Setup, execute, prompt_limit, seed_for, solution_ok, solver_call
@@ -132,6 +133,9 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
     p = setup.protocol
     tok = setup.tokenizer
     schedule = list(p.pdr_schedule)
+    if p.temperature == 0 and max(schedule) > 1:
+        raise ConfigError(f"key 'protocol.temperature' is 0 (greedy): the {max(schedule)} parallel drafts of "
+                          f"protocol.pdr_schedule {schedule} would all be the same text; set a temperature > 0")
     origin: dict[tuple[int, int], _Workspace] = {}  # (id(episode), draft turn) -> the workspace it read
     workspaces = {id(ep): [_Workspace()] * schedule[0] for ep in episodes}
     live = list(episodes)

@@ -8,6 +8,7 @@ token count, see loss.py).
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import os
@@ -239,11 +240,21 @@ class PolicyLearner:
 
     # -- export, state --------------------------------------------------------------------------
     def export_adapter(self, role: str) -> dict[str, bytes]:
-        """The role's PEFT adapter files (adapter_config.json + safetensors): LoRA tensors only, never the base."""
+        """The role's PEFT adapter files (adapter_config.json + safetensors): LoRA tensors only, never the base.
+
+        Written directly rather than by `save_pretrained`, which spent ~60% of the sync writing a README model
+        card (profiled in docs/benchmarks.md, "Weight sync")."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save
+
+        tensors = get_peft_model_state_dict(self.model, adapter_name=role)
+        files = {"adapter_model.safetensors": save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})}
+        config = copy.deepcopy(self.model.peft_config[role])
+        config.inference_mode = True
         with tempfile.TemporaryDirectory() as tmp:
-            self.model.save_pretrained(tmp, selected_adapters=[role])
-            root = Path(tmp) / role if (Path(tmp) / role).is_dir() else Path(tmp)
-            return {f.name: f.read_bytes() for f in root.iterdir() if f.is_file()}
+            config.save_pretrained(tmp)  # JSON exactly as PEFT writes it (sets as lists, enums as names)
+            files["adapter_config.json"] = (Path(tmp) / "adapter_config.json").read_bytes()
+        return files
 
     def state(self) -> dict[str, Any]:
         """Everything a checkpoint needs from the learner (adapters as files, optimizers/schedulers as bytes)."""

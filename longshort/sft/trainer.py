@@ -82,8 +82,10 @@ def token_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
 class Trainer:
     """One `longshort sft` run. `run()` trains (or resumes) to `sft.steps` and writes the final artefacts."""
 
-    def __init__(self, recipe: Recipe, log: Callable[[str], None] | None = None, stop_after: int | None = None):
+    def __init__(self, recipe: Recipe, log: Callable[[str], None] | None = None, stop_after: int | None = None,
+                 progress: bool = True):
         self.recipe = recipe
+        self.progress = progress
         self.cfg = recipe.sft
         self.run_dir = recipe.run_dir
         self.log = log or (lambda m: print(m, file=sys.stderr))
@@ -219,7 +221,7 @@ class Trainer:
         global_batch = cfg.batch_size * cfg.grad_accum * n_proc
         pad_id = tokenizer.pad_token_id
         t0 = time.time()
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"sft {cfg.role}/{cfg.mode}", disable=not main, dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"sft {cfg.role}/{cfg.mode}", disable=not (main and self.progress), dynamic_ncols=True)
         last_eval: float | None = None
         while step < cfg.steps:
             model.train()
