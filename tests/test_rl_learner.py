@@ -48,6 +48,28 @@ def test_learner_logprobs_equal_the_engine_sampling_logprobs(episode, learner):
         assert diffs and max(diffs) < 1e-4
 
 
+def test_ppo_logprobs_use_the_sampling_temperature(episode, tiny_model, tiny_adapters, learner):
+    """Rollouts sampled at temperature T are trained on softmax(logits / T); the sync probe stays on raw logits."""
+    import torch
+
+    t = 0.5
+    warm = PolicyLearner(tiny_model, dict(tiny_adapters), dict(tiny_adapters), RLConfig(lr=5e-3),
+                         max_tokens={"long": 24, "short": 12}, temperatures={"long": t, "short": 0.0})  # fmt: skip
+    (seq,) = episode.training_sequences("long")
+    ids = torch.tensor([seq.input_ids])
+    with warm._activate("long", trainable=False), torch.no_grad():
+        logits = warm.model(input_ids=ids).logits[0, :-1]
+    want = torch.log_softmax(logits / t, -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
+    got = warm.logprobs("long", [seq.input_ids], t)[0][1:]
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5
+    assert max(abs(a - b) for a, b in zip(got, learner.logprobs("long", [seq.input_ids])[0][1:])) > 1e-3  # T matters
+    sample = Sample("long", seq.input_ids, seq.mask, 1.0, engine_logprobs=list(seq.old_logprobs))
+    stats = warm.train("long", [sample], [float(sum(seq.mask))])
+    assert stats["ratio"] / stats["tokens"] == pytest.approx(1.0, abs=1e-5)  # old and new agree: the same T on both
+    assert stats["gap"] / stats["gap_tokens"] < 1e-4  # engine (raw) vs learner (raw): still compared untempered
+    assert warm.temperature == {"long": t, "short": 1.0}  # greedy rollouts train the untempered policy
+
+
 def test_training_one_role_leaves_the_other_and_the_reference(episode, tiny_model, tiny_adapters):
     lr = PolicyLearner(tiny_model, dict(tiny_adapters), dict(tiny_adapters), RLConfig(lr=2e-3), max_tokens={"long": 24, "short": 12})
     (seq,) = episode.training_sequences("long")

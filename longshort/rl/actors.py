@@ -95,6 +95,7 @@ class LearnerWorker:
         self.learner = PolicyLearner(
             base_path, init_p, ref_p, recipe.rl,
             max_tokens={"long": recipe.roles.long.max_tokens, "short": recipe.roles.short.max_tokens},
+            temperatures={"long": recipe.roles.long.temperature, "short": recipe.roles.short.temperature},
             seed=recipe.run.seed, device=device,
         )  # fmt: skip
 

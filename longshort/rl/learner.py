@@ -51,6 +51,7 @@ class PolicyLearner:
         cfg: RLConfig,
         *,
         max_tokens: dict[str, int],
+        temperatures: dict[str, float] | None = None,
         seed: int = 0,
         device: str = "cpu",
     ) -> None:
@@ -60,6 +61,9 @@ class PolicyLearner:
         self.cfg = cfg
         self.device = torch.device(device)
         self.max_tokens = max_tokens
+        # PPO's ratio and KL are taken on the distribution the rollouts were sampled from: softmax(logits / T) with
+        # the role's sampling temperature (greedy counts as 1), as verl does; the sync probe stays on raw logits.
+        self.temperature = {r: (t if t > 0 else 1.0) for r, t in (temperatures or {}).items()}
         torch.manual_seed(seed)  # a fresh adapter's A matrices: identical on every rank
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=list(cfg.lora_targets))
@@ -138,9 +142,12 @@ class PolicyLearner:
             mask[i, :k] = torch.tensor(s.mask, dtype=torch.float32)
         return ids.to(self.device), att.to(self.device), mask.to(self.device)
 
-    def _forward(self, ids: torch.Tensor, att: torch.Tensor, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-position logprob of ids[:, 1:] (and entropy), shape [B, T-1]."""
+    def _forward(self, ids: torch.Tensor, att: torch.Tensor, with_entropy: bool,
+                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-position logprob of ids[:, 1:] (and entropy) under softmax(logits / temperature), shape [B, T-1]."""
         logits = self.model(input_ids=ids, attention_mask=att).logits[:, :-1]
+        if temperature != 1.0:
+            logits = logits / temperature
         return token_logprobs(logits, ids[:, 1:], with_entropy)
 
     def _micro(self, samples: list[Sample]) -> list[list[Sample]]:
@@ -148,14 +155,14 @@ class PolicyLearner:
         return [samples[i : i + k] for i in range(0, len(samples), k)]
 
     @torch.no_grad()
-    def logprobs(self, adapter: str | None, sequences: list[list[int]]) -> list[list[float]]:
+    def logprobs(self, adapter: str | None, sequences: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
         """Logprob of every token (position 0 gets 0.0) under adapter `adapter` (a role, `<role>_ref`, or None)."""
         out: list[list[float]] = []
         samples = [Sample(role="", input_ids=s, mask=[0] * len(s), advantage=0.0) for s in sequences]
         for mb in self._micro(samples):
             ids, att, _ = self._batch(mb)
             with self._activate(adapter, trainable=False):
-                lp, _ = self._forward(ids, att, with_entropy=False)
+                lp, _ = self._forward(ids, att, with_entropy=False, temperature=temperature)
             for i, s in enumerate(mb):
                 out.append([0.0] + lp[i, : len(s.input_ids) - 1].tolist())
         return out
@@ -167,10 +174,13 @@ class PolicyLearner:
     def train(self, role: str, samples: list[Sample], normalisers: list[float]) -> dict[str, float]:
         """PPO epochs over this rank's `samples` of `role`; `normalisers[m]` = global denominator of minibatch m."""
         cfg = self.cfg
-        old = self._stack(self.logprobs(role, [s.input_ids for s in samples]))
-        ref = self._stack(self.logprobs(self.ref_adapter(role), [s.input_ids for s in samples]))
+        temp = self.temperature.get(role, 1.0)
+        seqs = [s.input_ids for s in samples]
+        old = self._stack(self.logprobs(role, seqs, temp))
+        ref = self._stack(self.logprobs(self.ref_adapter(role), seqs, temp))
+        raw = old if temp == 1.0 else self._stack(self.logprobs(role, seqs))  # the engine reports raw logprobs
         sums = {k: 0.0 for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "gap", "gap_tokens", "gap_max")}
-        for s, o in zip(samples, old):  # engine vs learner logprob on the trained tokens (train/infer mismatch)
+        for s, o in zip(samples, raw):  # engine vs learner logprob on the trained tokens (train/infer mismatch)
             if len(s.engine_logprobs) == len(s.input_ids):
                 for lp_e, lp_l, m in zip(s.engine_logprobs, o, s.mask):
                     if m:
@@ -192,7 +202,7 @@ class PolicyLearner:
                     ref_t = torch.stack([self._pad(ref[i], n + 1)[1:] for i in idx]).to(self.device)
                     adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=self.device)[:, None]
                     with self._activate(role, trainable=True):
-                        lp, ent = self._forward(ids, att, with_entropy=True)
+                        lp, ent = self._forward(ids, att, with_entropy=True, temperature=temp)
                     terms = policy_loss(
                         lp, old_t, ref_t, adv, mask[:, 1:], ent if cfg.entropy_coef else ent.detach(),
                         clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,

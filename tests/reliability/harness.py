@@ -132,12 +132,17 @@ def run(args: list[str], log: Path, timeout: float = 600) -> tuple[int, str]:
 
 def kill_after_progress(args: list[str], log: Path, progress: Callable[[], int], at: int, rng: random.Random,
                         jitter_s: float, timeout: float = 600) -> int:  # fmt: skip
-    """Start the command, wait until `progress() >= at`, sleep a seeded random 0..`jitter_s` s (so the kill lands
-    anywhere in the next unit of work: compute, log append, checkpoint write), then SIGKILL its process group.
+    """Start the command, wait until `progress() >= at`, sleep a seeded random 0..`jitter_s` s or until the next
+    unit of work is done (so the kill lands anywhere in that unit: compute, log append, checkpoint write), then
+    SIGKILL its process group.
     Returns `progress()` after the kill; fails if the command finished before it could be killed."""
     r = start(args, log)
     r.wait_until(lambda: progress() >= at, timeout, f"progress {at}")
-    time.sleep(rng.uniform(0.0, jitter_s))
+    # Sleep the seeded jitter, but no longer than the next unit of work lasts on this run: on a loaded machine the
+    # units take other times than planned, and the kill must still land before the command ends.
+    deadline = time.monotonic() + rng.uniform(0.0, jitter_s)
+    while time.monotonic() < deadline and progress() <= at and r.proc.poll() is None:
+        time.sleep(0.02)
     finished = r.proc.poll() is not None
     r.kill()
     assert not finished and r.proc.returncode == -signal.SIGKILL, f"the run ended before the kill:\n{r.stderr[-3000:]}"
