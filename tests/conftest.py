@@ -150,6 +150,7 @@ def rl_straight_run(ray_cluster, tmp_path_factory, tiny_model, tiny_adapters):
 
 PIPELINE_RECIPE = os.path.join(REPO, "recipes", "tiny", "pipeline.yaml")
 PIPELINE_STAGES = ("base", "data", "reasoner", "analyze", "coldstart", "sft_long", "sft_short", "rl", "eval", "benchmarks", "export")
+# Spelled out (not imported from longshort.pipeline.plan): the tests pin the stage order the console reports.
 
 
 def run_pipeline_quick(*overrides: str, timeout: int = 900) -> subprocess.CompletedProcess:
