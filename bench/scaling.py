@@ -63,10 +63,10 @@ def timed_step(recipe: Any, learner: Any, workers: list[Any], problems: list[dic
     from longshort.rl.advantages import assign_advantages
     from longshort.rl.loop import batch_at, build_batches, check_rollout_gap, probes_from, roles_to_train
     from longshort.rl.rewards import assign_rewards
-    from longshort.rl.sync import push, verify
+    from longshort.rl.sync import push, resolve_precision, verify
     from longshort.types import ROLES
 
-    cfg = recipe.rl
+    cfg = resolve_precision(recipe)[0].rl  # rl.sync_tolerance: null = from the dtypes
     t0 = time.perf_counter()
     batch = batch_at(problems, step * cfg.problems_per_step, cfg.problems_per_step, recipe.run.seed)
     seed = (recipe.run.seed * 1_000_003 + step) & 0x7FFFFFFF

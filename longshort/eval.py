@@ -9,12 +9,12 @@ Layout of the output folder:
     <out>/config.yaml                          the resolved recipe of the latest run
 
 Resumable: episodes are saved after every batch; a rerun with the same configuration (and `run.resume: auto`)
-skips the (problem, sample) pairs already done. Metric definitions: docs/budgets.md.
+skips the (problem, sample) pairs already done, one with another stops with a one-line error naming the first
+changed key (longshort/run/settings.py). Metric definitions: docs/budgets.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import statistics
@@ -23,11 +23,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from longshort.config.loader import dump_yaml, to_dict
 from longshort.data.benchmarks import Benchmark, load_benchmark
 from longshort.errors import UserError
 from longshort.io import atomic_write_bytes, atomic_write_text, write_json
+from longshort.run import open_run
 from longshort.protocols import PROTOCOLS, run_protocol
+from longshort.run.settings import check, recorded, settings
 from longshort.types import Episode, read_episodes, write_episodes
 
 PLOT = "accuracy_vs_bseq.png"
@@ -37,17 +38,24 @@ def out_dir(recipe: Any) -> Path:
     return Path(recipe.evaluation.out) if recipe.evaluation.out else recipe.run_dir / "eval"
 
 
-def evaluate(engine: Any, recipe: Any, model: str, adapters: dict[str, str], progress: bool = True) -> dict[str, Any]:
-    """Run every configured protocol on every configured benchmark; write and return the summary."""
+def load_benchmarks(recipe: Any) -> list[Benchmark]:
+    """The configured benchmarks, validated: callers load them before starting an engine, so a bad file or a bad
+    row stops the command before the expensive work."""
     cfg = recipe.evaluation
-    protocols = cfg.protocols or [recipe.protocol.name]
-    for name in protocols:
+    for name in cfg.protocols or [recipe.protocol.name]:
         if name not in PROTOCOLS:
             raise UserError(f"key 'evaluation.protocols': unknown protocol '{name}' (choose from {', '.join(PROTOCOLS)})")
-    benches = [load_benchmark(b, path=cfg.path, split=cfg.split, limit=cfg.limit) for b in cfg.benchmarks]
-    out = out_dir(recipe)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_yaml(recipe))
+    return [load_benchmark(b, path=cfg.path, split=cfg.split, limit=cfg.limit) for b in cfg.benchmarks]
+
+
+def evaluate(engine: Any, recipe: Any, model: str, adapters: dict[str, str], progress: bool = True,
+             benches: list[Benchmark] | None = None) -> dict[str, Any]:
+    """Run every configured protocol on every configured benchmark (`benches`: already loaded by
+    `load_benchmarks`); write and return the summary."""
+    cfg = recipe.evaluation
+    protocols = cfg.protocols or [recipe.protocol.name]
+    benches = benches if benches is not None else load_benchmarks(recipe)
+    out = open_run(recipe, (), folder=out_dir(recipe))  # run.resume=never: each benchmark's episodes restart below
     results = []
     for name in protocols:
         everything: list[Episode] = []
@@ -66,25 +74,12 @@ def evaluate(engine: Any, recipe: Any, model: str, adapters: dict[str, str], pro
 
 
 def fingerprint(recipe: Any, name: str, bench: Benchmark, model: str, adapters: dict[str, str]) -> dict[str, Any]:
-    """Everything that changes what an episode would be: a resume must match it exactly."""
-    protocol = dataclasses.replace(recipe.protocol, name=name)
-    return {
-        "model": str(model),
-        "adapters": {k: str(v) for k, v in sorted(adapters.items())},
-        "engine": {"kind": recipe.engine.kind, "dtype": recipe.engine.dtype, "max_model_len": recipe.engine.max_model_len},
-        "protocol": to_dict(protocol),
-        "roles": to_dict(recipe.roles),
-        "seed": recipe.run.seed,
-        "benchmark": {"name": bench.name, "origin": bench.origin},
-    }
-
-
-def _first_difference(a: Any, b: Any, key: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{key}.{k}" if key else k)
-    return key
+    """Everything that changes what an episode would be (flat keys, as longshort.run.settings records them): a
+    resume must match it exactly."""
+    keys = ("run.seed", "engine.kind", "engine.dtype", "engine.max_model_len", "protocol", "roles")
+    return {**settings(recipe, keys), "protocol.name": name, "model": str(model),
+            "adapters": {k: str(v) for k, v in sorted(adapters.items())},
+            "benchmark.name": bench.name, "benchmark.origin": bench.origin}
 
 
 def run_benchmark(
@@ -99,12 +94,7 @@ def run_benchmark(
     fp = fingerprint(recipe, name, bench, model, adapters)
     done: dict[tuple[str, int], Episode] = {}
     if recipe.run.resume == "auto" and path.is_file() and meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if old != fp:
-            raise UserError(
-                f"{path} was produced with a different configuration (first difference: '{_first_difference(old, fp)}'); "
-                "use another --out, or run.resume=never to start over"
-            )
+        check(recorded(meta_path), fp, str(meta_path))  # ConfigError naming the first changed key
         done = {(ep.problem_id, ep.meta.get("sample", 0)): ep for ep in read_episodes(str(path))}
     elif path.is_file():
         path.unlink()
@@ -157,6 +147,8 @@ def metrics(eps: list[Episode]) -> dict[str, Any]:
         "samples": len(samples),
         "episodes": len(eps),
         "accuracy": _mean([float(bool(ep.correct)) for ep in eps]),
+        # the lenient rule, reported only (docs/grading.md); episodes graded before it existed count by the strict one
+        "accuracy_lenient": _mean([float(bool(ep.meta.get("correct_lenient", ep.correct))) for ep in eps]),
         "accuracy_std": statistics.pstdev(per_sample) if len(per_sample) > 1 else 0.0,
         "pass_at_k": _mean([float(any(ep.correct for ep in g)) for g in problems.values()]),
         "maj_at_k": _mean([float(majority_correct(g)) for g in problems.values()]),
@@ -217,14 +209,14 @@ def summary_markdown(summary: dict[str, Any], plot: bool) -> str:
         f"Model `{summary['model']}`" + (f", adapters {summary['adapters']}" if summary["adapters"] else "")
         + f", engine `{summary['engine']}`, K = {summary['samples']} samples per problem.",
         "",
-        "| protocol | benchmark | problems | accuracy | pass@K | maj@K | tokens/problem | B_seq | B_total | turns "
+        "| protocol | benchmark | problems | accuracy | lenient | pass@K | maj@K | tokens/problem | B_seq | B_total | turns "
         "| rethink rate | format failures | latency (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["results"]:
         lines.append(
             f"| {r['protocol']} | {r['benchmark']} | {r['problems']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
-            f"| {r['pass_at_k']:.3f} | {r['maj_at_k']:.3f} | {r['tokens_per_problem']:.1f} | {r['b_seq']:.1f} "
+            f"| {r.get('accuracy_lenient', r['accuracy']):.3f} | {r['pass_at_k']:.3f} | {r['maj_at_k']:.3f} | {r['tokens_per_problem']:.1f} | {r['b_seq']:.1f} "
             f"| {r['b_total']:.1f} | {r['turns']:.2f} | {r['rethink_rate']:.3f} | {r['format_failure_rate']:.3f} "
             f"| {r['latency_s']:.2f} |"
         )
@@ -235,7 +227,8 @@ def summary_markdown(summary: dict[str, Any], plot: bool) -> str:
     lines += [
         "",
         "Accuracy is the mean over all problems × K samples (± the standard deviation across the K sample "
-        "indices); B_seq / B_total are mean input+output tokens per episode along the accepted path / over all "
+        "indices), graded by the one rule of every protocol: the answer in the last \\boxed{} (docs/grading.md); "
+        "`lenient` also accepts a last number and is reported only; B_seq / B_total are mean input+output tokens per episode along the accepted path / over all "
         "calls (docs/budgets.md).",
     ]
     if plot:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from longshort.chat import encode, prompt_text
 from longshort.errors import UserError
 from longshort.io import write_json
-from longshort.sft.checkpoint import hash_tree
+from longshort.run.checkpoint import hash_tree
 
 # Max |merged - (base+adapter)| logit difference accepted, by the dtype the merged weights are stored in.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -70,6 +70,14 @@ class RunInfo:
     @property
     def final(self) -> Path:
         return self.path / self.info.get("final", "final")
+
+
+def _finite(logits: Any, final: Path) -> None:
+    """NaN weights make every later comparison fail with a misleading difference: name the cause instead."""
+    import torch
+
+    if not bool(torch.isfinite(logits).all()):
+        raise UserError(f"{final}: the run's weights give non-finite logits (NaN/inf): the run diverged; nothing exported")
 
 
 def read_run(path: str | Path) -> RunInfo:
@@ -134,10 +142,10 @@ class Exporter:
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
 
-        from longshort.models import load_tokenizer
+        from longshort.models import check_model_dir, load_tokenizer
 
         info = run.info
-        base = Path(info["base"])
+        base = check_model_dir(Path(info["base"]), f"base in {run.path / 'run.json'}")
         dtype = getattr(torch, info["dtype"])
         tokenizer = load_tokenizer(run.final if (run.final / "tokenizer_config.json").is_file() else base)
         role_cfg = info.get("role_config", {})
@@ -163,6 +171,7 @@ class Exporter:
                 AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(adapter)
             ).eval()
             ref = self._logits(ref_model, probes)
+            _finite(ref, run.final)
             run_model = PeftModel.from_pretrained(
                 AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(run.final)
             ).eval()
@@ -183,6 +192,7 @@ class Exporter:
         else:
             ref_model = AutoModelForCausalLM.from_pretrained(str(run.final), dtype=torch.float32).eval()
             ref = self._logits(ref_model, probes)
+            _finite(ref, run.final)
             merged_dir = dest / "merged"
             ref_model.to(dtype).save_pretrained(str(merged_dir), safe_serialization=True)
             del ref_model

@@ -1,9 +1,14 @@
 """Answer extraction and equivalence grading, bounded in time for adversarial model output.
 
-Pipeline for one item: extract the answer (last ``\\boxed{}``, then GSM8K-style fall-backs) -> cheap checks in
-this process (normalised string match, exact decimal comparison) -> a guard that rejects absurd inputs (power
-towers, huge exponent literals, deep nesting, overlong answers) -> math-verify's symbolic/numeric comparison in a
-worker *process* that is killed when it exceeds the per-item time limit (a timeout counts as incorrect).
+One rule grades every protocol (`rule="boxed"`, the default): the answer is the content of the last complete
+``\\boxed{}``; an output without one (a truncated output, a bare last number) is wrong. The older `lenient` rule
+(then ``#### N``, "the answer is X", a bare expression, the last number) is kept only as a second, reported column
+(`accuracy_lenient`): it grades "I think 7 or maybe 12" correct for 12, so no headline number uses it.
+
+Pipeline for one item: extract the answer -> cheap checks in this process (normalised string match, exact decimal
+comparison) -> a guard that rejects absurd inputs (power towers, huge exponent literals, deep nesting, overlong
+answers) -> math-verify's symbolic/numeric comparison in a worker *process* that is killed when it exceeds the
+per-item time limit (a timeout counts as incorrect).
 
 Why worker processes: math-verify's own timeout is ``signal.alarm``; it only works in the main thread and cannot
 interrupt long C-level work (big-integer arithmetic inside sympy). A killed process is a hard bound. Nothing here
@@ -15,8 +20,10 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import queue
 import re
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +44,7 @@ MAX_FACTORIAL = 10_000
 DEFAULT_TIMEOUT_S = 4.0
 WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a loaded 2-core machine can be slow
 WORKER_MEMORY_BYTES = 4 * 1024**3  # address-space cap for a worker: a runaway big-int dies with MemoryError
+PARENT_ENV = "LONGSHORT_GRADING_PARENT"  # the pid a worker must die with
 
 # ---------------------------------------------------------------------------------------------- extraction
 
@@ -71,12 +79,13 @@ def extract_boxed(text: str) -> str | None:
     return None if best is None else text[best[1] : best[2]]
 
 
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 _HASHES = re.compile(r"####[ \t]*([^\n]{0,200})")
 _ANSWER_IS = re.compile(r"(?i)(?:final answer|the answer)\s*(?:is|:)\s*([^\n]{1,200})")
 _LATEX_CMD = re.compile(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]{0,100}\}|\\[A-Za-z]+")
 _LATEX_MATH = re.compile(r"\\(?!text|mathrm|mbox)[A-Za-z]")  # a LaTeX command other than text/units
 _WORD = re.compile(r"[A-Za-z]{3,}")
+RULES = ("boxed", "lenient")
 
 
 def _last(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
@@ -98,35 +107,66 @@ def _number_of(text: str) -> str | None:
     return None if m is None else m.group().replace(",", "")
 
 
-def extract_answer(text: str, source: str | None = None) -> str | None:
-    """The final answer in a model output.
+def gsm8k_number(ans: str) -> str | None:
+    """A GSM8K answer as its one number (``\\$18``, ``18 dollars``, ``1,234``, ``1e3``); None when it holds several
+    ("12 apples, not 13" is ambiguous, not 13). An answer with LaTeX math (``\\frac{1}{2}``) is kept whole."""
+    if _LATEX_MATH.search(ans):
+        return ans
+    numbers = _NUMBER.findall(ans)
+    return numbers[0].replace(",", "") if len(numbers) == 1 else None
 
-    Order: last ``\\boxed{}``; ``#### N``; "the answer is X"; the whole text when it is a bare expression (no
-    English words, e.g. ``\\frac12``); the last number. For ``source="gsm8k"`` the result is reduced to a number.
+
+def extract_answer(text: str, source: str | None = None, rule: str = "boxed") -> str | None:
+    """The final answer in a model output, by `rule` (module docstring).
+
+    `boxed`: the content of the last complete ``\\boxed{}``. `lenient`: that, else ``#### N``, else "the answer is
+    X", else the whole text when it is a bare expression (no English words, e.g. ``\\frac12``), else the last number.
+    For ``source="gsm8k"`` the result is reduced to its one number (`gsm8k_number`).
     """
+    if rule not in RULES:
+        raise ValueError(f"unknown grading rule {rule!r} (choose from {', '.join(RULES)})")
     if not isinstance(text, str):
         return None
     ans = extract_boxed(text)
-    if ans is None or not ans.strip():
-        m = _last(_HASHES, text)
-        ans = m.group(1) if m else None
-    if ans is None or not ans.strip():
-        m = _last(_ANSWER_IS, text)
-        ans = m.group(1) if m else None
-        if ans is not None:
-            ans = re.split(r"\.(?:\s|$)", ans, maxsplit=1)[0]  # stop at the end of the sentence
-    if ans is None or not ans.strip():
-        bare = text.strip()
-        if len(bare) <= 200 and not _WORD.search(_LATEX_CMD.sub(" ", bare)):
-            ans = bare
-    if ans is None or not ans.strip():
-        ans = _number_of(text)
+    if rule == "lenient":
+        if ans is None or not ans.strip():
+            m = _last(_HASHES, text)
+            ans = m.group(1) if m else None
+        if ans is None or not ans.strip():
+            m = _last(_ANSWER_IS, text)
+            ans = m.group(1) if m else None
+            if ans is not None:
+                ans = re.split(r"\.(?:\s|$)", ans, maxsplit=1)[0]  # stop at the end of the sentence
+        if ans is None or not ans.strip():
+            bare = text.strip()
+            if len(bare) <= 200 and not _WORD.search(_LATEX_CMD.sub(" ", bare)):
+                ans = bare
+        if ans is None or not ans.strip():
+            ans = _number_of(text)
     if ans is None:
         return None
     ans = _clean(ans)
-    if source is not None and source.lower().startswith("gsm8k") and not _LATEX_MATH.search(ans):
-        ans = _number_of(ans) or ans  # "18 dollars", "\\$18" -> "18"; keeps \\frac{1}{2} intact
+    if ans and source is not None and source.lower().startswith("gsm8k"):
+        return gsm8k_number(ans)
     return ans or None
+
+
+def malformed_answer(ans: str) -> str | None:
+    """Why a gold answer cannot be graded (None when it can): empty, unbalanced braces, an unclosed box, or a
+    ``\\left`` without its ``\\right``. Such a gold would grade equal to the same garbage in a prediction."""
+    if not ans.strip():
+        return "the answer is empty"
+    depth = 0
+    for m in re.finditer(r"\\\\|\\[{}]|[{}]", ans):
+        if m.group() in ("{", "}"):
+            depth += 1 if m.group() == "{" else -1
+            if depth < 0:
+                return f"unbalanced braces in answer {ans[:40]!r}"
+    if depth:
+        return f"unbalanced braces in answer {ans[:40]!r}"
+    if len(re.findall(r"\\left(?![A-Za-z])", ans)) != len(re.findall(r"\\right(?![A-Za-z])", ans)):
+        return f"\\left without a matching \\right in answer {ans[:40]!r}"
+    return None
 
 
 def gold_answer(gold: object) -> str:
@@ -274,6 +314,47 @@ def _fast(pred: str, gold: str) -> Verdict | None:
 # ---------------------------------------------------------------------------------------------- worker pool
 
 
+class _Spawner:
+    """Starts the workers from one daemon thread that lives as long as this process.
+
+    A worker dies with its parent (`_die_with_parent`), and Linux sends that death signal when the *thread* that
+    started the child ends, not the process. Callers may grade from short-lived threads, so no caller's thread
+    may be the one that starts a worker.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="longshort-grading-spawner", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            args, kwargs, box, done = self.jobs.get()
+            try:
+                box.append(subprocess.Popen(args, **kwargs))
+            except BaseException as e:  # handed to the caller, which raises it
+                box.append(e)
+            done.set()
+
+    def popen(self, args: list[str], **kwargs: object) -> subprocess.Popen:
+        box: list = []
+        done = threading.Event()
+        self.jobs.put((args, kwargs, box, done))
+        done.wait()
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]
+
+
+_SPAWNERS: dict[int, _Spawner] = {}  # by pid: a forked child needs its own thread
+
+
+def _spawner() -> _Spawner:
+    with _POOL_LOCK:
+        if os.getpid() not in _SPAWNERS:
+            _SPAWNERS[os.getpid()] = _Spawner()
+        return _SPAWNERS[os.getpid()]
+
+
 class _Worker:
     """One grading subprocess (``python -m longshort.grading --worker``) speaking JSON lines over pipes."""
 
@@ -282,7 +363,9 @@ class _Worker:
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", "1")
-        self.proc = subprocess.Popen(
+        env[PARENT_ENV] = str(os.getpid())
+        # Own session: a Ctrl-C in the terminal reaches the parent only, which decides what to stop.
+        self.proc = _spawner().popen(
             [sys.executable, "-m", "longshort.grading", "--worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=True,
         )
@@ -439,11 +522,23 @@ def grade_verdicts(
     sources: Sequence[str | None] | None = None,
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    rule: str = "boxed",
 ) -> list[Verdict]:
-    """Grade raw model outputs: extract each answer, then compare with the gold answer."""
+    """Grade raw model outputs by `rule`: extract each answer, then compare with the gold answer."""
     srcs = sources if sources is not None else [None] * len(preds)
-    extracted = [extract_answer(p, s) for p, s in zip(preds, srcs)]
+    extracted = [extract_answer(p, s, rule) for p, s in zip(preds, srcs)]
     return compare_many(extracted, [gold_answer(g) for g in golds], workers=workers, timeout=timeout)
+
+
+def regrade(strict: Sequence[Verdict], answers: Sequence[str | None], golds: Sequence[str],
+            workers: int | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> list[Verdict]:
+    """Verdicts of other extracted `answers` (the lenient column) where they differ from the strict ones' answers;
+    an item whose answer is the same keeps its strict verdict, so nothing is compared twice."""
+    todo = [i for i, (v, a) in enumerate(zip(strict, answers)) if a != v.extracted]
+    out = list(strict)
+    for i, v in zip(todo, compare_many([answers[i] for i in todo], [golds[i] for i in todo], workers, timeout)):
+        out[i] = v
+    return out
 
 
 def grade_many(
@@ -452,17 +547,43 @@ def grade_many(
     sources: Sequence[str | None] | None = None,
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
+    rule: str = "boxed",
 ) -> list[bool]:
     """Correctness of each raw model output (timeouts and rejected inputs count as incorrect)."""
-    return [v.correct for v in grade_verdicts(preds, golds, sources, workers, timeout)]
+    return [v.correct for v in grade_verdicts(preds, golds, sources, workers, timeout, rule)]
 
 
 # ---------------------------------------------------------------------------------------------- worker side
 
 
+def _die_with_parent() -> None:
+    """End this worker when the process that started it ends, even by SIGKILL (which runs no clean-up there) and
+    even in the middle of C-level work: Linux's PR_SET_PDEATHSIG, else a thread that watches the parent pid."""
+    parent = int(os.environ.get(PARENT_ENV, os.getppid()))
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker_main() -> None:
     """Serve ``[pred, gold, timeout]`` lines with ``[correct, error]`` lines until stdin closes."""
     import logging
+
+    _die_with_parent()
 
     try:
         import resource

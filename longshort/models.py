@@ -17,6 +17,7 @@ from longshort.errors import UserError
 
 # Tags of the protocols: single tokens, kept in decoded text (not "special", so stop strings see them).
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "</rethink>"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 CHATML_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -155,23 +156,128 @@ def materialise_smollm2(out: str | Path) -> Path:
     return out
 
 
-def resolve_base(base: str, run_dir: Path, tiny: TinyModelConfig, seed: int = 0) -> Path:
-    """`tiny` -> build (once) under the run directory; otherwise a local HF directory that must exist."""
+def resolve_base(base: str, run_dir: Path, tiny: TinyModelConfig, seed: int = 0, key: str = "model.base",
+                 trust_remote_code: bool = False) -> Path:
+    """`tiny` -> build (once) under the run directory; otherwise a local HF directory, checked (`check_model_dir`)."""
     if base == "tiny":
         path = run_dir / "base"
         if not (path / "config.json").is_file():
             build_tiny(path, tiny, seed)
-        return path
-    path = Path(base)
-    if not (path / "config.json").is_file():
-        raise UserError(f"key 'model.base': {base} is not a local HF model directory (no config.json)")
+        return check_model_dir(path, key)
+    return check_model_dir(Path(base), key, trust_remote_code)
+
+
+def _safetensors_header(path: Path) -> dict[str, list[int]]:
+    """Tensor name -> shape from a safetensors file's header; UserError naming the file if it is not complete."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise UserError(f"{path}: empty, truncated or not a safetensors file ({size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{path}: not a safetensors file (unreadable header)") from None
+    shapes = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        end = info.get("data_offsets", [0, 0])[1] if isinstance(info, dict) else -1
+        if not isinstance(end, int) or 8 + n + end > size:
+            raise UserError(f"{path}: truncated (tensor {name} ends past the end of the file, {size} bytes)")
+        shapes[name] = list(info.get("shape", []))
+    return shapes
+
+
+def check_model_dir(path: Path, key: str = "model.base", trust_remote_code: bool = False) -> Path:
+    """Refuse a broken model directory before anything loads it, with one line naming the file: config.json missing,
+    not JSON or of an unknown architecture; weights missing, truncated or of other shapes than config.json says;
+    a tokenizer that does not load or has no chat template (`load_tokenizer`)."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise UserError(f"key '{key}': {path} is not a local HF model directory (no config.json)")
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model_type"), str):
+        raise UserError(f"{cfg_file}: no 'model_type' (not a transformers model config)")
+    from transformers import CONFIG_MAPPING
+
+    if cfg["model_type"] not in CONFIG_MAPPING and not trust_remote_code:
+        raise UserError(f"{cfg_file}: unknown architecture model_type {cfg['model_type']!r} (not in this transformers)")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted({path / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index}: not a valid safetensors index (no weight_map)") from None
+    else:
+        files = [path / "model.safetensors"]
+    shapes: dict[str, list[int]] = {}
+    for f in files:
+        if not f.is_file():
+            raise UserError(f"{f}: missing (a model directory needs safetensors weights; pickle .bin files are not loaded)")
+        shapes |= {name: (shape, f) for name, shape in _safetensors_header(f).items()}  # type: ignore[misc]
+    _check_shapes(path, cfg_file, shapes, trust_remote_code)
+    load_tokenizer(path, trust_remote_code)
     return path
 
 
+def _meta_model(path: Path, trust_remote_code: bool = False):
+    """The model config.json describes, built on the meta device (no memory, no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a config it cannot build
+        raise UserError(f"{path / 'config.json'}: describes no causal LM transformers can build ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def check_lora_targets(path: Path, targets: list[str], key: str, trust_remote_code: bool = False) -> None:
+    """Every LoRA target must name modules of the model (PEFT's rule: the full name, or its dotted suffix);
+    PEFT itself would fail deep inside model construction, on a Ray worker for `rl`."""
+    names = [n for n, _ in _meta_model(path, trust_remote_code).named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        have = sorted({n.rsplit(".", 1)[-1] for n in names if n.rsplit(".", 1)[-1].endswith("proj")})
+        raise UserError(f"key '{key}': the model at {path} has no module {missing[0]!r}"
+                        + (f" (its projections: {', '.join(have)})" if have else ""))
+
+
+def _check_shapes(path: Path, cfg_file: Path, shapes: dict, trust_remote_code: bool) -> None:
+    """The weights' shapes against the model config.json describes."""
+    model = _meta_model(path, trust_remote_code)
+    config = model.config
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    common = [k for k in shapes if k in expected]
+    if shapes and not common:
+        raise UserError(f"{shapes[next(iter(shapes))][1]}: no tensor name matches a {config.model_type} model (e.g. {next(iter(shapes))})")
+    for k in common:
+        shape, f = shapes[k]
+        if shape != expected[k]:
+            raise UserError(f"{f}: tensor {k} has shape {shape}, but {cfg_file.name} implies {expected[k]}")
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The model's tokenizer; UserError naming the directory if it does not load or cannot render chats."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    # transformers builds an empty tokenizer from a directory without vocabulary files instead of failing
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - missing or corrupt tokenizer files raise many types
+        raise UserError(f"{path}: the tokenizer does not load ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no tokenizer files'})") from None
+    if not getattr(tok, "chat_template", None):  # every role view is rendered with it (docs/architecture.md)
+        raise UserError(f"{Path(path) / 'tokenizer_config.json'}: the tokenizer has no chat template")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

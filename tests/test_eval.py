@@ -14,7 +14,7 @@ from longshort.eval import evaluate, metrics
 from longshort.types import Episode, Turn, read_episodes
 
 RESULT_FIELDS = {
-    "protocol", "benchmark", "problems", "samples", "episodes", "accuracy", "accuracy_std", "pass_at_k", "maj_at_k",
+    "protocol", "benchmark", "problems", "samples", "episodes", "accuracy", "accuracy_lenient", "accuracy_std", "pass_at_k", "maj_at_k",
     "answered_rate", "tokens_per_problem", "tokens_by_role", "b_seq", "b_total", "turns", "calls_by_kind",
     "rethink_rate", "rethinks_per_episode", "format_failure_rate", "format_failure_episodes", "latency_s",
     "latency_p90_s", "end",

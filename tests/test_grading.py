@@ -23,6 +23,8 @@ from longshort.grading import (
     grade_verdicts,
     guard,
     is_equivalent,
+    malformed_answer,
+    regrade,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,8 +72,62 @@ def test_extract_boxed(text, want):
         ("I do not know", None, None),
     ],
 )
-def test_extract_answer_fallbacks(text, source, want):
+def test_extract_answer_lenient_fallbacks(text, source, want):
+    assert extract_answer(text, source, rule="lenient") == want
+
+
+@pytest.mark.parametrize(
+    "text, source, want",
+    [
+        (r"... so the total is \boxed{1,234}.", None, "1,234"),
+        (r"first \boxed{1}, then \boxed{7}", None, "7"),
+        ("She makes 9 * 2 = $18 every day.\n#### 18", None, None),  # no box: no answer under the one rule
+        ("The answer is 42.", None, None),
+        ("I think 7 or maybe 12", None, None),
+        ("x+" * 50_000 + "1", None, None),  # a 100k-character expression is not an answer
+        (r"so 5 + 7 = 12 and then \boxed{1", None, None),  # truncated mid-box
+        (r"\boxed{12 apples, not 13}", "gsm8k", None),  # two numbers: ambiguous, not 13
+        (r"\boxed{\$18 dollars}", "gsm8k", "18"),
+        (r"\boxed{1e3}", "gsm8k", "1e3"),
+    ],
+)
+def test_extract_answer_strict_rule_is_the_last_box(text, source, want):
     assert extract_answer(text, source) == want
+
+
+def test_strict_rule_cannot_be_fooled_where_the_lenient_one_is():
+    """The issue's cases: the lenient column is fooled by the first two, the rule every protocol is graded by is
+    not; the GSM8K reader is exact under both (an ambiguous box is no answer, `1e3` is 1000, not 3)."""
+    preds = ["I think 7 or maybe 12", "x+" * 50_000 + "1", r"\boxed{12 apples, not 13}", "#### 1e3"]
+    golds = ["12", "1", "13", "1000"]
+    srcs = [None, None, "gsm8k", "gsm8k"]
+    assert grade_many(preds, golds, sources=srcs) == [False, False, False, False]
+    assert grade_many(preds, golds, sources=srcs, rule="lenient") == [True, True, False, True]
+    with pytest.raises(ValueError, match="unknown grading rule"):
+        extract_answer("1", rule="loose")
+
+
+def test_regrade_only_compares_answers_that_differ():
+    strict = compare_many(["5", None], ["5", "7"])
+    lenient = regrade(strict, ["5", "7"], ["5", "7"])
+    assert [v.correct for v in lenient] == [True, True] and lenient[0] is strict[0]
+
+
+def test_non_ascii_digits():
+    """Documented in docs/grading.md: Unicode decimal digits (fullwidth, Arabic-Indic) are digits; superscripts
+    and other digit-like symbols are not."""
+    got = grade_many([r"\boxed{１２}", r"\boxed{١٢}", r"\boxed{²}", r"\boxed{12}"], ["12", "12", "2", "١٢"])
+    assert got == [True, True, False, True]
+
+
+@pytest.mark.parametrize("gold", [r"\boxed{", "}}}}", r"\left(", "  ", r"{1"])
+def test_malformed_gold_answers_are_named(gold):
+    assert malformed_answer(gold) is not None
+
+
+@pytest.mark.parametrize("gold", [r"\left(3,\frac{\pi}{2}\right)", r"\{1,2\}", "[1,2)", r"\frac{1}{2}", "B", "-7", r"\leftarrow"])
+def test_ordinary_gold_answers_are_not_malformed(gold):
+    assert malformed_answer(gold) is None
 
 
 def test_gold_answer_normalises_numbers_and_wrappers():
@@ -322,3 +378,61 @@ def test_worker_module_runs_standalone():
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == ["ready", "[true, \"\"]"]
+
+
+def test_cli_grade_reports_the_lenient_column_and_refuses_bad_golds_and_flags(tmp_path):
+    rows = [{"prediction": r"so \boxed{4}", "gold": 4}, {"prediction": "it is 5, cut off", "gold": "5"}]
+    inp, out = tmp_path / "p.jsonl", tmp_path / "g.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = subprocess.run([CLI, "grade", "--in", str(inp), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "accuracy 0.5000 (1 correct)" in res.stdout and "lenient (last number, reported only) 1.0000" in res.stdout
+    assert [(g["correct"], g["correct_lenient"]) for g in _jsonl(str(out))] == [(True, True), (False, True)]
+    bad = tmp_path / "bad.jsonl"
+    for line, want in [('{"prediction": "1", "gold": NaN}', ":1: field 'gold': not a finite number"),
+                       ('{"prediction": "1", "gold": "\\\\boxed{"}', ":1: field 'gold': unbalanced braces")]:
+        bad.write_text(line + "\n")
+        res = subprocess.run([CLI, "grade", "--in", str(bad), "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and f"{bad}{want}" in res.stderr, res.stderr
+    for flags, want in [(["--timeout", "nan"], "--timeout: expected a finite number"), (["--out", str(tmp_path)], "is a directory")]:
+        res = subprocess.run([CLI, "grade", "--in", str(inp), "--out", str(out), *flags], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr and want in res.stderr, res.stderr
+
+
+def test_workers_started_from_a_finished_thread_keep_working():
+    """Linux sends a child's death signal when the *thread* that started it ends: workers are started from a
+    process-long thread, so one first used from a short-lived thread still grades afterwards."""
+    t = threading.Thread(target=lambda: is_equivalent("0.25", r"\frac14"))
+    t.start()
+    t.join(60)
+    time.sleep(0.5)
+    v = compare_many([r"(1,\pi/2)"], [r"\left(1,\frac{\pi}{2}\right)"], workers=1)[0]
+    assert v.correct and v.how == "symbolic", v
+
+
+def test_workers_die_with_a_killed_grade(tmp_path):
+    """SIGKILL of `grade` runs no clean-up there; its workers (in their own session) must still go with it."""
+    import signal
+
+    import psutil
+
+    inp = tmp_path / "slow.jsonl"
+    inp.write_text("".join(json.dumps({"prediction": r"\boxed{9^{9^{9}}}", "gold": str(i)}) + "\n" for i in range(2)))
+    proc = subprocess.Popen([CLI, "grade", "--in", str(inp), "--out", str(tmp_path / "o.jsonl"), "--workers", "2",
+                             "--timeout", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, workers = time.monotonic() + 60, []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [p for p in psutil.Process(proc.pid).children() if "--worker" in p.cmdline()]
+        time.sleep(0.1)
+    assert len(workers) == 2, "the grading workers did not start"
+    time.sleep(1.0)  # past start-up: busy on the items
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
+    for p in alive:
+        p.kill()
+    assert not alive, f"orphaned grading workers: {[p.pid for p in alive]}"

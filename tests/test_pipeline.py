@@ -21,16 +21,20 @@ def quick(pipeline_quick):
 def test_report_card(quick):
     run, _ = quick
     report = json.loads((run / "report.json").read_text())
-    assert set(report["systems"]) == {"long_cot", "long_short_sft", "long_short_rl", "sr", "pdr"}
+    assert set(report["systems"]) == {"long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "sr", "pdr"}
     for row in report["systems"].values():
-        assert row["problems"] == 6 and row["tokens_per_problem"] > 0
+        assert row["problems"] == 6 and row["tokens_per_problem"] > 0 and row["n"] == 6
         assert row["b_total"] >= row["b_seq"] > 0  # budgets counted per call
+        lo, hi = row["accuracy_ci"]
+        assert 0 <= lo <= row["accuracy"] <= hi <= 1 and hi - lo > 0.2  # six problems: a wide interval
     for system in report["systems"]:  # long_cot, SR and PDR are the reasoner alone; Long⊗Short alternates the roles
         episodes = [json.loads(line) for f in (run / "eval" / system / "synthetic").rglob("*.jsonl") for line in f.open()]
         assert len(episodes) == 6
         roles = {t["role"] for ep in episodes for t in ep["turns"]}
         if system.startswith("long_short"):
             assert "long" in roles and roles <= {"long", "short"}, (system, roles)
+        elif system == "length_penalty_rl":  # the single-model baseline answers with its own adapter
+            assert roles == {"long"}, (system, roles)
         else:
             assert roles == {"base"}, (system, roles)
     head = report["headline"]
@@ -40,6 +44,18 @@ def test_report_card(quick):
     assert head["accuracy_delta_points"] == pytest.approx(100 * (ls["accuracy"] - lc["accuracy"]))
     assert {t["name"].split(":")[0] for t in head["targets"]} >= {"long_short_rl", "pdr beats long_cot at matched B_seq"}
     assert report["rl"]["steps"] == 2 and report["rl"]["sync_ok_every_step"] is True
+    # every comparison is paired over the same problems, with its interval and p-value
+    assert head["n_pairs"] == 6 and 0 <= head["accuracy_delta_p_value"] <= 1
+    lo, hi = head["accuracy_delta_ci"]
+    assert lo <= head["accuracy_delta_points"] <= hi
+    assert set(head["rl_vs_sft"]) >= {"mcnemar_p", "accuracy_delta_ci", "tokens_delta_ci"}
+    assert "p_value" in head["pdr_vs_long_cot"] and "p_value" in head["sr_vs_long_cot"]
+    assert head["oracle_tokens_per_problem"] > 0 and "removable_tokens_removed" in head
+    assert report["reasoner"]["source"] == "shipped" and report["reasoner"]["n"] == 6
+    assert report["reasoner"]["shipped_held_out"]["n"] >= 500 and report["reasoner"]["shipped_held_out"]["accuracy"] >= 0.9
+    an = report["analysis"]
+    assert 0 <= an["precision"] <= 1 and 0 <= an["recall"] <= 1
+    assert {"add", "conclusion"} <= set(an["by_kind"]) and all(v["n"] > 0 for v in an["by_kind"].values())
     assert set(report["benchmarks"]) == {"long_cot", "long_short_rl"}
     for png in ("accuracy_vs_tokens.png", "accuracy_vs_bseq.png", "rl_curves.png", "thought_scores.png"):
         assert (run / png).read_bytes()[:4] == b"\x89PNG"

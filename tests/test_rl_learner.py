@@ -7,6 +7,7 @@ import pytest
 from longshort.config.recipe import Recipe
 from longshort.config.rl import RLConfig
 from longshort.rl import checkpoint
+from longshort.run.checkpoint import complete_dirs
 from longshort.rl.learner import PolicyLearner, Sample
 
 
@@ -101,6 +102,6 @@ def test_checkpoint_is_atomic_and_a_corrupt_one_is_skipped(learner, tmp_path, ca
     assert "checksum mismatch in trainer.pt" in capsys.readouterr().err
     (root / "step-000006.partial").mkdir()  # an interrupted write is never picked
     assert checkpoint.latest(root).step == 2
-    learner.load_trainer_state(got.trainer_bytes())
+    learner.load_trainer_state(checkpoint.trainer_bytes(got))
     checkpoint.save(root, 8, state, {"cursor": 1}, keep=1)
-    assert [p.name for p in checkpoint.complete(root)] == ["step-000008"]
+    assert [p.name for p in complete_dirs(root)] == ["step-000008"]

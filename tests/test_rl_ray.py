@@ -142,7 +142,7 @@ def test_rl_end_to_end_updates_both_adapters_with_verified_sync(rl_straight_run,
         assert max(float((start[k] - end[k]).abs().max()) for k in start) > 1e-4
     episodes = _rows(rl_straight_run / "episodes.jsonl")
     assert episodes and all(set(e["rewards"]) == {"long", "short"} and set(e["advantages"]) == {"long", "short"} for e in episodes)
-    assert (rl_straight_run / "summary.md").is_file() and any((rl_straight_run / "tb").iterdir())
+    assert (rl_straight_run / "summary.md").is_file() and any((rl_straight_run / "tensorboard").iterdir())
 
 
 def test_resumed_run_reproduces_the_uninterrupted_run(rl_straight_run, tmp_path, tiny_model, tiny_adapters):

@@ -3,7 +3,8 @@
 Outputs in the run directory: `chunks.jsonl` (ThoughtChunk-style blocks per trace; reused on resume so an LLM
 chunking is not redone), `rollouts.jsonl` (appended per finished trace; resumable), `thoughts.jsonl` (one row per
 thought: text, type, token span, N_right, N_sum, M, CI), `summary.json`, `summary.md`, and `rejects.jsonl`
-when bad input rows were skipped.
+when bad input rows were skipped. `settings.json` records the settings the kept chunks and rollouts were made
+with: a resume with other ones stops with a one-line error naming the key (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,12 +17,26 @@ from typing import Any
 from longshort.analysis.chunk import Chunked, chunk_llm, chunk_rule, from_record
 from longshort.analysis.metric import resolve_delta, score_trace
 from longshort.analysis.rollouts import RolloutSettings, run_rollouts, token_bounds
-from longshort.config import Recipe, dump_yaml
+from longshort.config import Recipe
 from longshort.data.traces import Trace, read_traces
 from longshort.errors import UserError
 from longshort.io import Rejects, atomic_write_text, read_jsonl, write_json, write_jsonl
+from longshort.run import open_run
+from longshort.run.settings import claim, settings
 
 REASONER_ROLE = "reasoner"
+SETTINGS = "settings.json"
+OUTPUTS = ("chunks.jsonl", "rollouts.jsonl", "thoughts.jsonl", SETTINGS, "summary.json", "summary.md", "rejects.jsonl")
+# Keys that may change between a run and its resume: how many traces, batching, and the scoring of the rollouts
+# (thoughts.jsonl is recomputed from the kept rollouts on every run).
+FREE = ("analysis.max_traces", "analysis.batch_traces", "analysis.score_mode", "analysis.delta", "analysis.delta_value",
+        "analysis.alpha", "data.on_error", "engine.batch_size", "engine.gpu_memory_utilization", "engine.enforce_eager")
+
+
+def resume_settings(recipe: Recipe) -> dict[str, Any]:
+    """The settings the kept chunks and rollouts depend on: every key this stage reads, except `FREE`."""
+    keys = ("run.seed", "model", "engine", "roles.long.system_prompt", "data.train", "data.on_error", "synthetic", "analysis")
+    return settings(recipe, keys, FREE)
 
 
 def trace_source(recipe: Recipe) -> Path:
@@ -144,27 +159,22 @@ def analyze(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
     from longshort.engines import make_engine
-    from longshort.models import resolve_base
+    from longshort.models import check_model_dir, resolve_base
 
     cfg = recipe.analysis
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if recipe.run.resume == "never":
-        for name in ("chunks.jsonl", "rollouts.jsonl", "thoughts.jsonl"):
-            (run_dir / name).unlink(missing_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
+    run_dir = open_run(recipe, OUTPUTS)
+    # chunks and rollouts of an earlier run are reused only if made with the same settings (else a one-line error)
+    claim(run_dir / SETTINGS, resume_settings(recipe), recipe.run.resume)
 
     source = trace_source(recipe)
     rejects = Rejects()
     traces = read_traces(source, recipe.data.on_error, rejects, limit=cfg.max_traces)
-    if rejects:
-        write_jsonl(run_dir / "rejects.jsonl", rejects.rows)
+    rejects.write(run_dir / "rejects.jsonl")
     if not traces:
         raise UserError(f"{source}: no usable traces")
 
-    model = Path(cfg.model) if cfg.model else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed)
-    if not (model / "config.json").is_file():
-        raise UserError(f"key 'analysis.model': {model} is not a local HF model directory (no config.json)")
+    model = (check_model_dir(Path(cfg.model), "analysis.model", recipe.model.trust_remote_code) if cfg.model
+             else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed))
     adapters = {REASONER_ROLE: cfg.adapter} if cfg.adapter else None
     engine = make_engine(recipe.engine.kind, str(model), recipe.engine, adapters, seed=recipe.run.seed)
     try:

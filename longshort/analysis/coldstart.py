@@ -11,15 +11,17 @@ answer grades correct against the gold answer. `long.jsonl` and `short.jsonl` ho
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from longshort.config import Recipe, dump_yaml
+from longshort.config import Recipe
 from longshort.errors import UserError
-from longshort.io import Rejects, atomic_write_text, read_jsonl, write_json, write_jsonl
+from longshort.io import Rejects, atomic_write_text, read_jsonl, validated, write_json, write_jsonl
+from longshort.run import open_run
 from longshort.tags import ANSWER_CLOSE, ANSWER_OPEN, RETHINK_CLOSE, THINK_CLOSE, THINK_OPEN, parse_long, parse_short
 
 _NUM = r"-?\d+(?:\.\d+)?"
@@ -178,23 +180,59 @@ def final_answer(thoughts: list[dict[str, Any]]) -> str | None:
     from longshort.grading import extract_answer
 
     last = thoughts[-1]
-    return extract_answer(last.get("tail") or "") or extract_answer(last["text"])
+    # lenient: a trace may state its answer in words ("So the answer is 12"); the transcript check then boxes it
+    return extract_answer(last.get("tail") or "", rule="lenient") or extract_answer(last["text"], rule="lenient")
 
 
 # -- the stage -------------------------------------------------------------------------------------------
+_THOUGHT_FIELDS = {  # field -> (accepted types, what it must be)
+    "trace_id": ((str, int), "a string or an integer"),
+    "index": ((int,), "an integer"),
+    "text": ((str,), "a string"),
+    "problem": ((str,), "a string"),
+    "gold": ((str, int, float), "a string or a number"),
+    "M": ((int, float), "a number"),
+    "ci_low": ((int, float), "a number"),
+}
+
+
+def _thought_problem(row: dict[str, Any]) -> str | None:
+    """Why a thought row of `longshort analyze` cannot be used (None when it can)."""
+    missing = [k for k in _THOUGHT_FIELDS if k not in row]
+    if missing:
+        return f"thought row lacks {', '.join(missing)}"
+    for k, (types, what) in _THOUGHT_FIELDS.items():
+        v = row[k]
+        if isinstance(v, bool) or not isinstance(v, types):
+            return f"field {k!r} must be {what}, got {type(v).__name__}"
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"field {k!r} must be finite, got {v}"
+    if row["index"] < 0:
+        return f"field 'index' must be >= 0, got {row['index']}"
+    if not str(row["problem"]).strip() or not str(row["gold"]).strip():
+        return "field 'problem' or 'gold' is empty"
+    return None
+
+
 def load_thoughts(path: Path, on_error: str, rejects: Rejects) -> dict[str, list[dict[str, Any]]]:
+    """Scored thoughts by trace, in order. A bad row (missing or mistyped field, a thought given twice) raises
+    DataError naming file:line, or with on_error=skip is counted in `rejects`; a file without thoughts is an error."""
     if not path.is_file():
         raise UserError(f"{path}: no thoughts file (run `longshort analyze` first, or set coldstart.thoughts)")
     by_trace: dict[str, list[dict[str, Any]]] = {}
-    need = ("trace_id", "index", "text", "problem", "gold", "M", "ci_low")
-    for n, row in read_jsonl(path, on_error, rejects):  # type: ignore[arg-type]
-        missing = [k for k in need if k not in row]
-        if missing:
-            if on_error == "skip":
-                rejects.add(f"{path}:{n}", f"missing {', '.join(missing)}")
-                continue
-            raise UserError(f"{path}:{n}: thought row lacks {', '.join(missing)}")
+
+    def thought(row: dict[str, Any]) -> dict[str, Any]:
+        why = _thought_problem(row)
+        if why is not None:
+            raise ValueError(why)
+        return row
+
+    records = ((f"{path}:{n}", row) for n, row in read_jsonl(path, on_error, rejects))  # type: ignore[arg-type]
+    for _, row in validated(records, thought, on_error, rejects, key=lambda r: (str(r["trace_id"]), r["index"]),  # type: ignore[arg-type]
+                            duplicate=lambda k, first: f"thought {k[1]} of trace {k[0]!r} given twice (first at {first})"):
         by_trace.setdefault(str(row["trace_id"]), []).append(row)
+    if not by_trace:
+        raise UserError(f"{path}: no thought rows" + (f" ({len(rejects)} rejected)" if rejects else ""))
     for rows in by_trace.values():
         rows.sort(key=lambda r: r["index"])
     return by_trace
@@ -202,12 +240,10 @@ def load_thoughts(path: Path, on_error: str, rejects: Rejects) -> dict[str, list
 
 def coldstart(recipe: Recipe) -> dict[str, Any]:
     """Run the stage: write long.jsonl, short.jsonl, stats.json and summary.md in the run dir; return the stats."""
-    from longshort.models import load_tokenizer, resolve_base
+    from longshort.models import check_model_dir, load_tokenizer, resolve_base
 
     cfg = recipe.coldstart
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
+    run_dir = open_run(recipe, ())  # every output is rewritten whole: nothing to resume, nothing to clear
     max_turns = cfg.max_turns or recipe.protocol.max_turns
     if max_turns < 2:
         raise UserError(f"key 'protocol.max_turns' ({max_turns}) must be >= 2 for cold-start transcripts (or set coldstart.max_turns)")
@@ -215,7 +251,9 @@ def coldstart(recipe: Recipe) -> dict[str, Any]:
     rejects = Rejects()
     traces = load_thoughts(path, recipe.data.on_error, rejects)
 
-    model = Path(cfg.rewriter_model or recipe.analysis.model or resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed))
+    named = [(k, v) for k, v in (("coldstart.rewriter_model", cfg.rewriter_model), ("analysis.model", recipe.analysis.model)) if v]
+    model = (check_model_dir(Path(named[0][1]), named[0][0], recipe.model.trust_remote_code) if named
+             else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed))
     counts: dict[str, int] = {"traces_in": len(traces), "rejected_rows": len(rejects), "no_answer": 0, "invalid": 0, "folded": 0, "llm_fallback": 0}
     plans = {}
     for tid, th in traces.items():
@@ -266,6 +304,10 @@ def coldstart(recipe: Recipe) -> dict[str, Any]:
         stats_tokens["original"] += int(th[0].get("d_y") or ntok("".join(x["text"] for x in th)))
         kept_mask += mask
 
+    if not out_rows:  # empty outputs would only fail later, in sft
+        raise UserError(f"{path}: no cold-start transcript could be built from {len(traces)} traces "
+                        f"({counts['no_answer']} without a final answer, {counts['invalid']} invalid"
+                        + (f", e.g. {next(iter(reasons.values()))}" if reasons else "") + ")")
     write_jsonl(run_dir / "long.jsonl", [{**r, "target_role": "long"} for r in out_rows])
     write_jsonl(run_dir / "short.jsonl", [{**r, "target_role": "short"} for r in out_rows])
     if rejects:

@@ -91,7 +91,7 @@ def run_rollouts(
     leaves no room to generate under `max_model_len` are skipped and counted (`too_long`).
     """
     from longshort.engines.base import GenRequest, SamplingParams
-    from longshort.grading import extract_answer, extract_boxed, grade_many
+    from longshort.grading import extract_answer, grade_many
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,11 +121,10 @@ def run_rollouts(
             continue
         results = engine.generate(requests)
         texts = [comp.text for comps in results for comp in comps]
-        if settings.require_boxed:
-            texts = [x if extract_boxed(x) is not None else "" for x in texts]
+        rule = "boxed" if settings.require_boxed else "lenient"
         golds = [owners[k][0].trace.answer for k, comps in enumerate(results) for _ in comps]
-        right = iter(grade_many(texts, golds))
-        answers = iter([extract_answer(x) if x else None for x in texts])
+        right = iter(grade_many(texts, golds, rule=rule))
+        answers = iter([extract_answer(x, rule=rule) for x in texts])
         by_trace: dict[str, dict[str, Any]] = {}
         for (c, i, d_y, d_prefix), comps in zip(owners, results):
             rec = by_trace.setdefault(c.trace.id, {"id": c.trace.id, "signature": sigs[c.trace.id], "n": settings.n, "d_y": d_y, "prefixes": []})

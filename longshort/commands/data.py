@@ -41,15 +41,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longshort.io import write_jsonl
+    from longshort.commands.common import finite
+    from longshort.config.loader import MAX_INT
+    from longshort.errors import UserError
+    from longshort.io import check_file_target, write_jsonl
 
+    if getattr(args, "limit", None) is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.action == "synthetic":
+        finite("--test-fraction", args.test_fraction)
+        finite("--seed", args.seed, 0, MAX_INT)
+        if args.n < 1:
+            raise UserError(f"--n must be >= 1, got {args.n}")
         from longshort.data.synthetic import write_task
 
         counts = write_task(n=args.n, seed=args.seed, out=args.out, test_fraction=args.test_fraction)
         print(f"synthetic task -> {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         return 0
 
+    check_file_target(args.out)  # before any reading: a directory here is known now, not after the work
     if args.action == "traces":
         from longshort.io import Rejects
 

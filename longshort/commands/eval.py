@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from longshort.commands.common import name_list
 from longshort.commands.infer import PROTOCOL_NAMES, add_model_arguments, recipe_and_model, start_engine
-from longshort.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,17 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from longshort.config.evaluation import EvalConfig
     from longshort.errors import ConfigError
-    from longshort.eval import evaluate, out_dir, summary_markdown
+    from longshort.eval import evaluate, load_benchmarks, out_dir, summary_markdown
 
+    # flags first: `--protocol ,` names nothing, an error rather than the default protocol
+    protocols = name_list("--protocol", args.protocol, PROTOCOL_NAMES) if args.protocol is not None else None
+    benchmarks = name_list("--benchmarks", args.benchmarks) if args.benchmarks is not None else None
     recipe, model, adapters = recipe_and_model(args)
     ev = recipe.evaluation
-    if args.protocol:
-        ev.protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
-        bad = [p for p in ev.protocols if p not in PROTOCOL_NAMES]
-        if bad:
-            raise UserError(f"--protocol: unknown protocol {bad[0]!r} (choose from {', '.join(PROTOCOL_NAMES)})")
-    if args.benchmarks:
-        ev.benchmarks = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
+    if protocols is not None:
+        ev.protocols = protocols
+    if benchmarks is not None:
+        ev.benchmarks = benchmarks
     for flag, key in (("path", "path"), ("split", "split"), ("limit", "limit"), ("samples", "samples"),
                       ("batch_size", "batch_size"), ("out", "out")):
         if getattr(args, flag) is not None:
@@ -42,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
         EvalConfig(**vars(ev))
     except ConfigError as e:
         raise ConfigError(f"command line: {e}") from None
+    benches = load_benchmarks(recipe)  # every input file checked before the engine starts
     engine = start_engine(recipe, model, adapters)
     try:
-        summary = evaluate(engine, recipe, model, adapters)
+        summary = evaluate(engine, recipe, model, adapters, benches=benches)
     finally:
         engine.close()
     print(summary_markdown(summary, plot=False), end="")

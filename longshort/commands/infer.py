@@ -23,7 +23,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def recipe_and_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, str]]:
     """The recipe with the command-line flags applied, the base model directory and the adapters to serve."""
+    from pathlib import Path
+
     from longshort.config import load_recipe
+    from longshort.errors import ConfigError
     from longshort.models import resolve_base
 
     recipe = load_recipe(args.recipe, args.overrides)
@@ -36,9 +39,16 @@ def recipe_and_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, str]
     if args.engine:
         recipe.engine.kind = args.engine
     if args.seed is not None:
-        recipe.run.seed = args.seed
-    model = str(resolve_base(recipe.model.base, recipe.run_dir, recipe.model.tiny, recipe.run.seed))
+        from longshort.commands.common import finite
+        from longshort.config.loader import MAX_INT
+
+        recipe.run.seed = int(finite("--seed", args.seed, 0, MAX_INT))  # type: ignore[arg-type]
     adapters = {role: getattr(recipe.roles, role).adapter for role in ("long", "short") if getattr(recipe.roles, role).adapter}
+    for role, path in adapters.items():  # before the model is built or loaded
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ConfigError(f"key 'roles.{role}.adapter': {path} is not a PEFT adapter directory (no adapter_config.json)")
+    model = str(resolve_base(recipe.model.base, recipe.run_dir, recipe.model.tiny, recipe.run.seed,
+                             trust_remote_code=recipe.model.trust_remote_code))
     return recipe, model, adapters
 
 
@@ -83,8 +93,12 @@ def format_episode(ep: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from longshort.commands.common import text_arg
     from longshort.protocols import run_protocol
 
+    text_arg("--problem", args.problem)
+    if args.answer is not None:
+        text_arg("--answer", args.answer)
     recipe, model, adapters = recipe_and_model(args)
     if args.protocol:
         recipe.protocol.name = args.protocol

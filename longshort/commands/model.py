@@ -12,7 +12,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from longshort.commands.common import finite
+    from longshort.config.loader import MAX_INT
     from longshort.models import build_tiny, materialise_smollm2, model_info
+
+    finite("--seed", args.seed, 0, MAX_INT)
 
     path = build_tiny(args.out, seed=args.seed) if args.which == "tiny" else materialise_smollm2(args.out)
     info = model_info(path)

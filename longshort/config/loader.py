@@ -3,11 +3,17 @@
 Every section is a dataclass whose fields carry `metadata={"help": ...}`. The loader checks each key
 against the dataclass (unknown keys, wrong types, missing required values) and raises `ConfigError`
 with a one-line message naming the dotted key and the file (or "command line").
+
+Numbers are checked from their declared type alone, so no section can forget it: every `float` must be finite
+(NaN and ±inf are refused: a NaN learning rate trains a NaN model), and every number must be >= 0 (no count, size,
+rate, probability, weight or seed of a recipe is negative) and at most `MAX_INT` (an int32: larger counts are
+typos no machine could run, and torch/numpy refuse such seeds). Sections check their tighter ranges themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -21,6 +27,7 @@ from longshort.errors import ConfigError
 T = TypeVar("T")
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 MISSING = dataclasses.MISSING
+MAX_INT = 2**31 - 1
 
 
 def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
@@ -35,6 +42,8 @@ def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
 def _type_name(tp: Any) -> str:
     if get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -50,9 +59,10 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message (a range error says more than "expected ...")
+            return _coerce(value, options[0], key, where)
+        for a in options:
             try:
                 return _coerce(value, a, key, where)
             except ConfigError:
@@ -82,19 +92,30 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise bad()
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _in_range(value, key, where)
         raise bad()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _in_range(float(value), key, where)
         if isinstance(value, str) and _SCI.fullmatch(value.strip()):  # YAML 1.1 reads `1e-4` as a string
-            return float(value)
+            return _in_range(float(value), key, where)
         raise bad()
     if tp is str:
         if isinstance(value, str):
             return value
         raise bad()
     raise bad()
+
+
+def _in_range(value: int | float, key: str, where: str) -> int | float:
+    """The checks every number of a recipe gets (module docstring); sections add their own tighter ranges."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: key '{key}': expected a finite number, got {value}")
+    if value < 0:
+        raise ConfigError(f"{where}: key '{key}' must be >= 0, got {value}")
+    if value > MAX_INT:
+        raise ConfigError(f"{where}: key '{key}' must be <= {MAX_INT}, got {value}")
+    return value
 
 
 def build(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
@@ -122,12 +143,39 @@ def build(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T
     return obj
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in first:
+                raise ConfigError(f"{self.name}:{line}: key {key!r} is given twice (lines {first[key]} and {line})")
+            first.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping; `base: other.yaml` (relative to this file) is merged underneath."""
     if not path.is_file():
-        raise ConfigError(f"recipe not found: {path}")
+        raise ConfigError(f"recipe not found: {path}" + (f" (the 'base' of {_seen[-1]})" if _seen else ""))
+    real = path.resolve()
+    if real in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, real))
+        raise ConfigError(f"{_seen[-1]}: key 'base': recipes include each other in a cycle ({chain})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not content
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the recipe as UTF-8") from None
+    try:
+        loader = _StrictLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
@@ -138,7 +186,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: key 'base': expected a path string, got {base!r}")
-        data = deep_merge(read_yaml(path.parent / base), data)
+        data = deep_merge(read_yaml(path.parent / base, (*_seen, real)), data)
     return data
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from longshort.config.loader import doc
 from longshort.errors import ConfigError
 
-SYSTEMS = ("long_cot", "long_short_sft", "long_short_rl", "sr", "pdr")
+SYSTEMS = ("long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "sr", "pdr")
 
 
 @dataclass
@@ -30,12 +30,24 @@ class PipelineConfig:
         "model). false = the base itself is the reasoner (an instruct/reasoning model).",
         True,
     )
+    reasoner_source: Literal["train", "shipped"] = doc(
+        "Stage `reasoner` (with train_reasoner): `train` runs its SFT; `shipped` uses the reasoner the repository "
+        "ships (data/reasoner/tiny, built by scripts/build_reasoner.py) after checking that it was trained on this "
+        "recipe's rows with this stage's settings and that its files match their sha256.",
+        "train",
+    )
     reasoner: dict[str, Any] = doc("Recipe sections for stage `reasoner` (e.g. `sft: {steps: 400}`).", factory=dict)
     analyze: dict[str, Any] = doc("Recipe sections for stage `analyze` (thought chunking, MC rollouts, metric M).", factory=dict)
     coldstart: dict[str, Any] = doc("Recipe sections for stage `coldstart` (per-role cold-start transcripts).", factory=dict)
     sft_long: dict[str, Any] = doc("Recipe sections for stage `sft_long` (LoRA SFT of the long role on the reasoner).", factory=dict)
     sft_short: dict[str, Any] = doc("Recipe sections for stage `sft_short` (LoRA SFT of the short role on the reasoner).", factory=dict)
     rl: dict[str, Any] = doc("Recipe sections for stage `rl` (multi-turn RL of both roles from the SFT adapters).", factory=dict)
+    rl_length: dict[str, Any] = doc(
+        "Recipe sections for stage `rl_length`, merged over `pipeline.rl`: the single-model baseline "
+        "`length_penalty_rl`, one fresh LoRA adapter on the reasoner RL-trained through long CoT with a length "
+        "penalty (Kimi k1.5 / L1 style) for the same steps, problems and samples as Long⊗Short's RL.",
+        factory=lambda: {"rl": {"rewards": {"correct": 1.0, "format": 0.0, "length": 1.0, "synergy": 0.0}}},
+    )
     eval: dict[str, Any] = doc("Recipe sections for stage `eval` (every system on the held-out split).", factory=dict)
     benchmarks: dict[str, str] = doc(
         "Stage `benchmarks`: real benchmark files evaluated with the final models, name -> JSONL path "
@@ -45,7 +57,7 @@ class PipelineConfig:
     benchmark_eval: dict[str, Any] = doc("Recipe sections for stage `benchmarks` (limit, samples, protocol caps).", factory=dict)
     systems: list[str] = doc(
         "Systems compared on the held-out split: long_cot (the reasoner alone), long_short_sft, long_short_rl "
-        "(Long⊗Short, arXiv 2505.11827), sr and pdr (the reasoner under Sequential Refinement / Parallel-Distill-"
+        "(Long⊗Short, arXiv 2505.11827), length_penalty_rl (one adapter, RL with a length penalty), sr and pdr (the reasoner under Sequential Refinement / Parallel-Distill-"
         "Refine, arXiv 2510.01123).",
         factory=lambda: list(SYSTEMS),
     )

@@ -73,8 +73,14 @@ class RLConfig:
     learner_workers: int = doc("Data-parallel learner workers (torch.distributed; gloo on CPU, nccl on GPU).", 1)
     learner_cpus: float = doc("CPUs reserved per learner worker.", 1.0)
     learner_gpus: float = doc("GPUs reserved per learner worker.", 0.0)
-    sync_tolerance: float = doc(
-        "Largest allowed |engine − learner| logprob on the probe sequences after each sync; above it the run stops.", 1e-3
+    sync_tolerance: float | None = doc(
+        "Largest allowed |engine − learner| logprob on the probe sequences after each sync (and on every sampled "
+        "token); above it the run stops. null = from the resolved dtypes: 1e-3 when learner and engine both run "
+        "float32, the bf16 value measured in docs/rl.md (\"Precision\") when either runs bfloat16/float16.",
+        None,
+    )
+    gradient_checkpointing: bool = doc(
+        "Learner: recompute each layer's activations in backward (memory for ~30% more compute; LoRA-safe).", False
     )
     checkpoint_every: int = doc("Write a checkpoint every N steps (and at the end).", 5)
     keep_checkpoints: int = doc("Complete checkpoints kept (older ones are deleted).", 2)
@@ -102,7 +108,7 @@ class RLConfig:
         if self.lr <= 0:
             raise ConfigError(f"key 'rl.lr' must be > 0, got {self.lr}")
         for key in ("clip_low", "clip_high", "kl_coef", "entropy_coef", "max_grad_norm", "weight_decay", "sync_tolerance"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"key 'rl.{key}' must be >= 0, got {getattr(self, key)}")
         if self.clip_low >= 1:
             raise ConfigError(f"key 'rl.clip_low' must be < 1, got {self.clip_low}")

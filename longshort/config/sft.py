@@ -63,12 +63,17 @@ class SFTConfig:
     eval_every: int = doc("Compute the eval loss every N steps (and at the end).", 20)
     save_every: int = doc("Write a checkpoint every N steps (and at the end).", 20)
     keep_checkpoints: int = doc("Complete checkpoints kept (older ones are deleted; >= 1).", 2)
-    bf16: bool = doc(
-        "bfloat16 autocast for forward/backward (weights and optimizer stay float32). Fast on GPUs and on CPUs with "
-        "AMX; on CPUs without AMX it is slower than float32 (measured ~14x slower per step on the AMD EPYC CI machine).",
+    bf16: bool | Literal["auto"] = doc(
+        "bfloat16 autocast for forward/backward (weights and optimizer keep their dtype). Fast on GPUs and on CPUs "
+        "with AMX; on CPUs without AMX it is slower than float32 (measured ~14x slower per step on the AMD EPYC CI "
+        "machine). `auto`: on where `model.dtype: auto` would pick bfloat16 (CUDA, or a CPU measured faster in bf16).",
         False,
     )
-    gradient_checkpointing: bool = doc("Recompute activations in backward to save memory (slower).", False)
+    gradient_checkpointing: bool = doc(
+        "Recompute each layer's activations in backward instead of keeping them (memory for ~30% more compute); "
+        "works with LoRA (the input embeddings are made to require grad).",
+        False,
+    )
     lora: LoRAConfig = doc("LoRA shape (mode: lora).", factory=LoRAConfig)
 
     def __post_init__(self) -> None:

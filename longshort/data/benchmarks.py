@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterable, Iterator, Literal
 from urllib.parse import urlparse
 
 from longshort.errors import DataError, UserError
-from longshort.grading import extract_boxed
-from longshort.io import Rejects, read_jsonl
+from longshort.grading import extract_boxed, malformed_answer
+from longshort.io import Rejects, read_jsonl, validated
 
 OnError = Literal["raise", "skip"]
 
@@ -93,6 +93,14 @@ def _text(obj: dict[str, Any], keys: tuple[str, ...], what: str) -> str:
 
 
 def _answer(obj: dict[str, Any], after_hashes: bool) -> str:
+    ans = _raw_answer(obj, after_hashes)
+    why = malformed_answer(ans)
+    if why:  # e.g. `\\boxed{`: it would grade equal to the same garbage in a prediction
+        raise ValueError(f"field 'answer': {why}")
+    return ans
+
+
+def _raw_answer(obj: dict[str, Any], after_hashes: bool) -> str:
     if obj.get("answer") is None and isinstance(obj.get("solution"), str):  # MATH train/test: gold is boxed
         boxed = extract_boxed(obj["solution"])
         if boxed is None or not boxed.strip():
@@ -168,19 +176,8 @@ def _collect(
 ) -> list[dict[str, str]]:
     """Normalise (where, line, object) records; bad rows and duplicate ids raise DataError or become rejects."""
     rows: list[dict[str, str]] = []
-    seen: dict[str, str] = {}
-    for where, n, obj in records:
-        loc = f"{where}:{n}"
-        try:
-            row = normalise(obj, n)
-            if row["id"] in seen:
-                raise ValueError(f"duplicate id {row['id']!r} (first at {seen[row['id']]})")
-        except ValueError as e:
-            if on_error == "skip":
-                rejects.add(loc, str(e))
-                continue
-            raise DataError(f"{loc}: {e}") from None
-        seen[row["id"]] = loc
+    located = ((f"{where}:{n}", (n, obj)) for where, n, obj in records)
+    for _, row in validated(located, lambda r: normalise(r[1], r[0]), on_error, rejects, key=lambda r: r["id"]):
         rows.append(row)
         if limit is not None and len(rows) >= limit:
             break

@@ -113,6 +113,9 @@ def generate(n: int, seed: int, cfg: SyntheticConfig | None = None) -> list[dict
                 "numbers": list(key),
                 "essential_steps": sum(1 for kind, _ in steps if kind in ESSENTIAL_KINDS),
                 "steps": len(steps),
+                # The ground truth of thought analysis: the kind of each step of the trace, in order.
+                "step_kinds": [kind for kind, _ in steps],
+                "oracle_response": render_trace([st for st in steps if st[0] in ESSENTIAL_KINDS], answer),
             }
         )
     return rows

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Iterator, Literal
 
 from longshort.chat import encode, prompt_text
 from longshort.errors import DataError
-from longshort.io import Rejects, read_jsonl
+from longshort.grading import malformed_answer
+from longshort.io import Rejects, read_jsonl, validated
 
 # Field names of common public trace sets, mapped to ours (OpenMath / OpenR1 style).
 ALIASES = {
@@ -55,6 +56,11 @@ def validate_row(row: dict[str, Any], default_id: str) -> Trace:
         if not v.strip():
             raise ValueError(f"field '{name}' is empty")
         values[name] = v
+    why = malformed_answer(values["answer"])
+    if why:
+        raise ValueError(f"field 'answer': {why}")
+    if "<think>" not in values["response"]:  # the chunker splits the reasoning between <think> and </think>
+        raise ValueError("field 'response' has no <think>: a long-CoT trace opens its reasoning with <think>")
     rid = row.get("id", default_id)
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or str(rid) == "":
         raise ValueError(f"field 'id' must be a non-empty string or integer, got {rid!r}")
@@ -103,21 +109,11 @@ def read_traces(
     if on_error == "skip" and rejects is None:
         rejects = Rejects()
     out: list[Trace] = []
-    seen: set[str] = set()
-    for where, default_id, row in _raw_rows(path, on_error, rejects):
+    records = ((where, (default_id, row)) for where, default_id, row in _raw_rows(path, on_error, rejects))
+    for _, trace in validated(records, lambda r: validate_row(r[1], r[0]), on_error, rejects, key=lambda t: t.id):
+        out.append(trace)
         if limit is not None and len(out) >= limit:
             break
-        try:
-            trace = validate_row(row, default_id)
-            if trace.id in seen:
-                raise ValueError(f"duplicate id {trace.id!r}")
-        except ValueError as e:
-            if on_error == "skip" and rejects is not None:
-                rejects.add(where, str(e))
-                continue
-            raise DataError(f"{where}: {e}") from None
-        seen.add(trace.id)
-        out.append(trace)
     return out
 
 

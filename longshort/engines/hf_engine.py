@@ -15,6 +15,7 @@ from longshort.config.core import EngineConfig
 from longshort.engines.base import Completion, GenRequest, SamplingParams, adapter_config, completion_text
 from longshort.errors import UserError
 from longshort.models import load_tokenizer
+from longshort.precision import resolve_dtype
 
 
 @dataclass
@@ -42,8 +43,8 @@ class HFEngine:
 
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).to(self.device).eval()
+        self.dtype = resolve_dtype(cfg.dtype, self.device.type)  # `auto`: bf16 on CUDA, measured on CPU
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, self.dtype)).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = {self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}

@@ -21,6 +21,7 @@ from longshort.config.core import EngineConfig
 from longshort.engines.base import Completion, GenRequest, SamplingParams, adapter_config, completion_text
 from longshort.errors import ConfigError, UserError
 from longshort.models import load_tokenizer
+from longshort.precision import resolve_dtype
 
 
 class VLLMEngine:
@@ -35,7 +36,7 @@ class VLLMEngine:
         self._zero_dir = _zero_adapter(model_path) if current_platform.is_cpu() else None
         self.llm = LLM(
             model=str(model_path),
-            dtype=cfg.dtype,
+            dtype=resolve_dtype(cfg.dtype, "cpu" if current_platform.is_cpu() else "cuda"),  # `auto`: see precision.py
             enable_lora=True,
             # both roles resident at once (+ the zero adapter standing in for the base on CPU)
             max_loras=max(2 if self._zero_dir is None else 3, cfg.max_loras),

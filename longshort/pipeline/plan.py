@@ -16,6 +16,7 @@ from typing import Any
 
 from longshort.config.loader import build, deep_merge, to_dict
 from longshort.config.recipe import Recipe
+from longshort.pipeline import shipped
 
 # (stage, upstream stages). Order is execution order.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -27,7 +28,8 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sft_long", ("reasoner", "coldstart")),
     ("sft_short", ("reasoner", "coldstart")),
     ("rl", ("reasoner", "sft_long", "sft_short", "data")),
-    ("eval", ("reasoner", "sft_long", "sft_short", "rl", "data")),
+    ("rl_length", ("reasoner", "data")),
+    ("eval", ("reasoner", "sft_long", "sft_short", "rl", "rl_length", "data")),
     ("benchmarks", ("reasoner", "sft_long", "sft_short", "rl")),
     ("export", ("sft_long", "sft_short", "rl")),
 )
@@ -44,6 +46,7 @@ READS: dict[str, tuple[str, ...]] = {
     "sft_long": ("model", "roles", "sft"),
     "sft_short": ("model", "roles", "sft"),
     "rl": ("model", "roles", "engine", "protocol", "data", "rl"),
+    "rl_length": ("model", "roles", "engine", "protocol", "data", "rl"),
     "eval": ("model", "roles", "engine", "protocol", "evaluation"),
     "benchmarks": ("model", "roles", "engine", "protocol", "evaluation"),
     "export": ("model", "roles"),
@@ -93,6 +96,9 @@ class Plan:
     def rl_ran(self) -> bool:
         return self.stages["rl"].recipe.rl.steps > 0
 
+    def length_rl_ran(self) -> bool:
+        return "length_penalty_rl" in self.pipeline.pipeline.systems and self.stages["rl_length"].recipe.rl.steps > 0
+
 
 def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any]) -> dict[str, Any]:
     """Keys the pipeline sets itself for stage `name`: where its inputs are. They win over the stage overlay."""
@@ -117,6 +123,10 @@ def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any]) -> di
     if name == "rl":
         return deep_merge(on_reasoner, {"data": {"train": p["train"]},
                                         "roles": {"long": {"adapter": p["sft_long"]}, "short": {"adapter": p["sft_short"]}}})
+    if name == "rl_length":
+        # The single-model baseline: one fresh LoRA adapter on the reasoner, trained through long CoT itself.
+        return deep_merge(on_reasoner, {"data": {"train": p["train"]}, "protocol": {"name": "long_cot", "long_cot_role": "long"},
+                                        "roles": {"long": {"adapter": None}, "short": {"adapter": None}}})
     if name in ("eval", "benchmarks"):
         # long_cot, SR and PDR are the reasoner alone: no role adapter, whatever the shared protocol section says.
         return deep_merge(on_reasoner, {"protocol": {"long_cot_role": "base"}})
@@ -140,10 +150,14 @@ def make_plan(pipeline: Recipe, where: str) -> Plan:
         "sft_long": str(run_dir / "sft_long" / "final"), "sft_short": str(run_dir / "sft_short" / "final"),
     }
     overlays = {"reasoner": cfg.reasoner, "analyze": cfg.analyze, "coldstart": cfg.coldstart, "sft_long": cfg.sft_long,
-                "sft_short": cfg.sft_short, "rl": cfg.rl, "eval": cfg.eval, "benchmarks": cfg.benchmark_eval}
+                "sft_short": cfg.sft_short, "rl": cfg.rl, "eval": cfg.eval, "benchmarks": cfg.benchmark_eval,
+                # the baseline runs Long⊗Short's RL settings (steps, problems, samples) plus its own reward overlay
+                "rl_length": deep_merge(cfg.rl, cfg.rl_length)}
     extras: dict[str, dict[str, Any]] = {
         "data": {"task": cfg.task},
-        "reasoner": {"train": cfg.train_reasoner},
+        "coldstart": {"task": cfg.task},
+        "reasoner": {"train": cfg.train_reasoner, "source": cfg.reasoner_source,
+                     "shipped": shipped.manifest_digest() if cfg.reasoner_source == "shipped" else None},
         "eval": {"systems": list(cfg.systems)},
         "benchmarks": {"files": dict(cfg.benchmarks)},
         "export": {"vllm_check": cfg.export_vllm_check},

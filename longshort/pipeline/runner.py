@@ -60,7 +60,7 @@ def one_line(name: str, summary: dict[str, Any]) -> str:
     if name in ("eval", "benchmarks"):
         rows = summary.items() if name == "eval" else ((f"{s}/{b}", r) for s, v in summary.items() for b, r in v.items())
         return "; ".join(f"{s} acc {r['accuracy']:.2f} tok {r['tokens_per_problem']:.0f}" for s, r in rows)
-    if name == "rl":
+    if name in ("rl", "rl_length"):
         last = summary.get("last", {})
         return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens', float('nan')):.0f}"
     if name == "export":
@@ -73,8 +73,9 @@ def one_line(name: str, summary: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def run_plan(plan: Plan, progress: bool = True, log: Any = None) -> dict[str, Any]:
-    """Run every stage in order (skipping cached ones), then write the report card; return the report."""
+def run_plan(plan: Plan, progress: bool = True, log: Any = None, until: str | None = None) -> dict[str, Any]:
+    """Run every stage in order (skipping cached ones), then write the report card; return the report.
+    With `until`, stop after that stage and return the stage records instead (no report card)."""
     from longshort.pipeline.report import write_report
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -95,6 +96,8 @@ def run_plan(plan: Plan, progress: bool = True, log: Any = None) -> dict[str, An
             write_json(stage.dir / DONE, rec)
             log(f"[{i}/{n}] {name}: done in {rec['seconds']:.0f} s - {one_line(name, summary)}")
         records[name] = rec
+        if name == until:
+            return records
     report = write_report(plan, records)
     log(f"report card: {plan.run_dir / 'report.md'} (+ report.json, *.png, viewer.html)")
     return report

@@ -19,7 +19,10 @@ from longshort.pipeline.plan import Plan, Stage
 from longshort.types import ROLES
 
 # Which adapters each evaluated system serves on the reasoner, and its protocol.
-SYSTEM_PROTOCOL = {"long_cot": "long_cot", "sr": "sr", "pdr": "pdr", "long_short_sft": "long_short", "long_short_rl": "long_short"}
+SYSTEM_PROTOCOL = {"long_cot": "long_cot", "sr": "sr", "pdr": "pdr", "long_short_sft": "long_short", "long_short_rl": "long_short",
+                   "length_penalty_rl": "long_cot"}
+# The adapter set each system is served with: the SFT pair, RL's final pair, or the length-penalty baseline's.
+SYSTEM_GROUP = {"long_short_rl": "rl", "length_penalty_rl": "rl_length"}
 
 
 def run_base(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
@@ -67,6 +70,12 @@ def run_sft(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
 
     if stage.name == "reasoner" and not stage.extra["train"]:
         return {"skipped": "pipeline.train_reasoner is false: the base is the reasoner", "path": str(plan.reasoner)}
+    if stage.name == "reasoner" and stage.extra["source"] == "shipped":
+        from longshort.pipeline import shipped
+
+        m = shipped.install(stage.recipe, plan.train_file, plan.reasoner)
+        return {"source": "shipped", "steps": m["steps"], "first_loss": m["first_loss"], "final_loss": m["final_loss"],
+                "held_out": m["held_out"], "commit": m["commit"], "path": str(plan.reasoner)}
     # One process runs several SFT stages; accelerate keeps a process-wide state that would pin the first
     # stage's mixed precision, so each stage starts from a clean one (the pipeline is single-process).
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -74,7 +83,7 @@ def run_sft(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     if not info.get("metrics"):  # a finished run found on disk: Trainer returns its record
         info = json.loads((stage.dir / "run.json").read_text())
     m = info["metrics"]
-    return {"role": info["role"], "mode": info["mode"], "steps": info["steps"], "first_loss": m["first_loss"],
+    return {**({"source": "train"} if stage.name == "reasoner" else {}), "role": info["role"], "mode": info["mode"], "steps": info["steps"], "first_loss": m["first_loss"],
             "final_loss": m["final_loss"], "eval_loss": m.get("eval_loss"), "examples": info["counts"].get("train")}
 
 
@@ -89,14 +98,37 @@ def run_analyze(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
 def run_coldstart(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     from longshort.analysis.coldstart import coldstart
 
-    return coldstart(stage.recipe)
+    stats = coldstart(stage.recipe)
+    if stage.extra.get("task") == "synthetic":  # the generator knows which steps are essential: check the selection
+        stats["ground_truth"] = selection_ground_truth(plan, stage)
+    return stats
+
+
+def selection_ground_truth(plan: Plan, stage: Stage) -> dict[str, Any]:
+    """Precision/recall of the cold-start selection and M per step kind, against the synthetic step kinds."""
+    from longshort.analysis import groundtruth
+    from longshort.analysis.coldstart import select
+    from longshort.io import read_jsonl
+
+    cfg = stage.recipe.coldstart
+    kinds = {str(r["id"]): r["step_kinds"] for _, r in read_jsonl(plan.train_file) if "step_kinds" in r}
+    rows = [r for _, r in read_jsonl(plan.stages["analyze"].dir / "thoughts.jsonl")]
+    by_trace: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_trace.setdefault(str(r["trace_id"]), []).append(r)
+    selected: dict[tuple[str, int], bool] = {}
+    for tid, th in by_trace.items():
+        th.sort(key=lambda r: r["index"])
+        for r, kept in zip(th, select(th, cfg.select, cfg.threshold, cfg.top_k, cfg.keep_first, cfg.score_key)):
+            selected[(tid, r["index"])] = kept
+    return groundtruth.check(rows, kinds, selected, cfg.score_key)
 
 
 def run_rl(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     from longshort.rl.loop import run_rl as loop
 
-    if not plan.rl_ran():
-        return {"skipped": "rl.steps is 0"}
+    if not (plan.rl_ran() if stage.name == "rl" else plan.length_rl_ran()):
+        return {"skipped": "rl.steps is 0" if stage.recipe.rl.steps == 0 else "length_penalty_rl is not in pipeline.systems"}
     s = loop(stage.recipe, progress=progress)
     return {"steps": s["steps"], "resumed_from": s["resumed_from"], "last": s["last"]}
 
@@ -113,22 +145,31 @@ def final_adapters(plan: Plan) -> dict[str, str]:
     return {r: str(plan.sft_adapter(r)) for r in ROLES}
 
 
+def length_adapters(plan: Plan) -> dict[str, str]:
+    """The length-penalty baseline's adapter (role `long`, served alone through long CoT)."""
+    from longshort.rl import checkpoint
+
+    ck = checkpoint.latest(plan.stages["rl_length"].dir / "checkpoints")
+    if ck is None:
+        raise UserError(f"{plan.stages['rl_length'].dir}/checkpoints: no complete RL checkpoint (rerun the pipeline to redo stage rl_length)")
+    return {"long": ck.adapter("long")}
+
+
 def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: list[tuple[str, str]], progress: bool) -> dict[str, Any]:
     """Evaluate `systems` on `benches` [(benchmark, path)]: one engine per adapter set, results per system folder."""
     from longshort.commands.infer import start_engine
     from longshort.eval import evaluate
 
     sft = {r: str(plan.sft_adapter(r)) for r in ROLES}
-    groups: dict[str, list[str]] = {"sft": [s for s in systems if s != "long_short_rl"],
-                                    "rl": [s for s in systems if s == "long_short_rl"]}
+    groups: dict[str, list[str]] = {}
+    for s in systems:
+        groups.setdefault(SYSTEM_GROUP.get(s, "sft"), []).append(s)
     results: dict[str, Any] = {}
     for group, names in groups.items():
-        if not names:
-            continue
-        adapters = final_adapters(plan) if group == "rl" else sft
+        adapters = {"rl": final_adapters, "rl_length": length_adapters}[group](plan) if group != "sft" else sft
         recipe = copy.deepcopy(stage.recipe)
         for role in ROLES:
-            getattr(recipe.roles, role).adapter = adapters[role]
+            getattr(recipe.roles, role).adapter = adapters.get(role)
         engine = start_engine(recipe, str(plan.reasoner), adapters)
         try:
             for system in names:
@@ -136,18 +177,21 @@ def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: lis
                     r = copy.deepcopy(recipe)
                     r.evaluation = dataclasses.replace(r.evaluation, benchmarks=[bench], path=path, protocols=[SYSTEM_PROTOCOL[system]],
                                                        out=str(stage.dir / system / bench), plot=False)
+                    if system == "length_penalty_rl":  # long CoT answered by the baseline's adapter, not the bare reasoner
+                        r.protocol.long_cot_role = "long"
                     summary = evaluate(engine, r, str(plan.reasoner), adapters, progress=progress)
                     row = summary["results"][0]
                     results.setdefault(system, {})[bench] = {k: row[k] for k in (
                         "accuracy", "tokens_per_problem", "b_seq", "b_total", "problems", "samples", "turns",
-                        "rethink_rate", "format_failure_rate", "tokens_by_role", "answered_rate")}
+                        "rethink_rate", "format_failure_rate", "tokens_by_role", "answered_rate", "accuracy_lenient") if k in row}
         finally:
             engine.close()
     return results
 
 
 def run_eval(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
-    systems = [s for s in stage.extra["systems"] if s != "long_short_rl" or plan.rl_ran()]
+    ran = {"long_short_rl": plan.rl_ran(), "length_penalty_rl": plan.length_rl_ran()}
+    systems = [s for s in stage.extra["systems"] if ran.get(s, True)]
     res = _evaluate_systems(plan, stage, systems, [("synthetic", str(plan.test_file))], progress)
     return {s: v["synthetic"] for s, v in res.items()}
 
@@ -183,6 +227,6 @@ def run_export(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Plan, Stage, bool], dict[str, Any]]] = {
     "base": run_base, "data": run_data, "reasoner": run_sft, "analyze": run_analyze, "coldstart": run_coldstart,
-    "sft_long": run_sft, "sft_short": run_sft, "rl": run_rl, "eval": run_eval, "benchmarks": run_benchmarks,
+    "sft_long": run_sft, "sft_short": run_sft, "rl": run_rl, "rl_length": run_rl, "eval": run_eval, "benchmarks": run_benchmarks,
     "export": run_export,
 }

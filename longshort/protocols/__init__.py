@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from longshort.errors import UserError
-from longshort.grading import compare_many, gold_answer
+from longshort.grading import compare_many, extract_answer, gold_answer, regrade
 from longshort.protocols import long_cot, long_short, pdr, sr
 from longshort.protocols.calls import Setup
 from longshort.types import Episode
@@ -53,7 +53,17 @@ def run_protocol(
     episodes = new_episodes(name, problems)
     if episodes:
         PROTOCOLS[name](setup, episodes)
-        verdicts = compare_many([ep.answer for ep in episodes], [ep.gold for ep in episodes])
-        for ep, v in zip(episodes, verdicts):
+        golds = [ep.gold for ep in episodes]
+        verdicts = compare_many([ep.answer for ep in episodes], golds)
+        lenient = regrade(verdicts, [lenient_answer(ep) for ep in episodes], golds)
+        for ep, v, lv in zip(episodes, verdicts, lenient):
             ep.correct = v.correct
+            ep.meta["answer_lenient"], ep.meta["correct_lenient"] = lv.extracted, lv.correct
     return episodes
+
+
+def lenient_answer(ep: Episode) -> str | None:
+    """The answer by the lenient rule, reported next to the strict one (docs/grading.md): read from the turn the
+    protocol takes its answer from, else (no final answer: malformed, truncated, out of turns) its last turn."""
+    index = ep.meta.get("answer_turn", len(ep.turns) - 1)
+    return extract_answer(ep.turns[index].text, ep.meta.get("source"), rule="lenient") if ep.turns else None

@@ -20,4 +20,5 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
         turn = c.episode.turns[c.turns[0]]
         turn.format_ok = solution_ok(turn)
         c.episode.answer = extract_answer(turn.text, c.episode.meta.get("source"))
+        c.episode.meta["answer_turn"] = c.turns[0]
         c.episode.meta["end"] = "length" if turn.finish_reason == "length" else "final"

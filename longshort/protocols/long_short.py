@@ -103,5 +103,6 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
             elif parsed.kind == "final":
                 st.done, ep.meta["end"] = True, "final"
                 ep.answer = extract_answer(parsed.content, ep.meta.get("source"))
+                ep.meta["answer_turn"] = index
             else:
                 st.next_role = "long"

@@ -182,6 +182,7 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
         if id(ep) in finished:
             final = drafts[id(ep)][0]
             ep.answer = extract_answer(ep.turns[final].text, ep.meta.get("source"))
+            ep.meta["answer_turn"] = final
             _accept_path(ep, final, origin)
 
 

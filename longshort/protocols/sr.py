@@ -91,3 +91,4 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
     for ep in episodes:
         if id(ep) in solution:
             ep.answer = extract_answer(solution[id(ep)].text, ep.meta.get("source"))
+            ep.meta["answer_turn"] = ep.turns.index(solution[id(ep)])

@@ -87,8 +87,10 @@ class LearnerWorker:
     """One data-parallel rank: a full `PolicyLearner`; gradients are summed over ranks with torch.distributed."""
 
     def __init__(self, rank: int, world: int, base_path: str, init: dict[str, AdapterFiles | None],
-                 ref: dict[str, AdapterFiles | None], recipe: Recipe, device: str) -> None:  # fmt: skip
+                 ref: dict[str, AdapterFiles | None], recipe: Recipe, device: str | None = None) -> None:  # fmt: skip
         self.rank, self.world = rank, world
+        # None: the device Ray assigned — an actor reserving GPUs sees exactly those (CUDA_VISIBLE_DEVICES) as cuda:0..
+        device = device or ("cuda" if ray.get_gpu_ids() else "cpu")
         self.dir = Path(tempfile.mkdtemp(prefix=f"longshort-learner{rank}-"))
         init_p = {r: str(write_adapter(f, self.dir / "init" / r)) if f else None for r, f in init.items()}
         ref_p = {r: str(write_adapter(f, self.dir / "ref" / r)) if f else None for r, f in ref.items()}
@@ -96,7 +98,7 @@ class LearnerWorker:
             base_path, init_p, ref_p, recipe.rl,
             max_tokens={"long": recipe.roles.long.max_tokens, "short": recipe.roles.short.max_tokens},
             temperatures={"long": recipe.roles.long.temperature, "short": recipe.roles.short.temperature},
-            seed=recipe.run.seed, device=device,
+            seed=recipe.run.seed, device=device, dtype=recipe.model.dtype,
         )  # fmt: skip
 
     def pid(self) -> int:
@@ -142,7 +144,7 @@ class LearnerGroup:
         gpu = cfg.learner_gpus > 0
         cls = ray.remote(num_cpus=cfg.learner_cpus, num_gpus=cfg.learner_gpus)(LearnerWorker)
         self.workers = [
-            cls.remote(rank, cfg.learner_workers, base_path, init, ref, recipe, "cuda" if gpu else "cpu")
+            cls.remote(rank, cfg.learner_workers, base_path, init, ref, recipe)
             for rank in range(cfg.learner_workers)
         ]
         addr, port = ray.get(self.workers[0].rendezvous.remote())

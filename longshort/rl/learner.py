@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,7 +19,9 @@ from typing import Any
 import torch
 
 from longshort.config.rl import RLConfig
+from longshort.precision import resolve_dtype
 from longshort.rl.loss import policy_loss, token_logprobs
+from longshort.run.schedule import scheduler as lr_scheduler
 from longshort.types import ROLES
 
 
@@ -54,6 +55,7 @@ class PolicyLearner:
         temperatures: dict[str, float] | None = None,
         seed: int = 0,
         device: str = "cpu",
+        dtype: str = "float32",
     ) -> None:
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -65,7 +67,10 @@ class PolicyLearner:
         # the role's sampling temperature (greedy counts as 1), as verl does; the sync probe stays on raw logits.
         self.temperature = {r: (t if t > 0 else 1.0) for r, t in (temperatures or {}).items()}
         torch.manual_seed(seed)  # a fresh adapter's A matrices: identical on every rank
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        # `dtype` is the base weights' (model.dtype, `auto` resolved on this device); PEFT keeps every adapter in
+        # float32 over a bf16 base, so the trained LoRA tensors and their AdamW state stay float32.
+        self.dtype = resolve_dtype(dtype, self.device.type)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, self.dtype))
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=list(cfg.lora_targets))
         model: Any = None
         for role in ROLES:
@@ -88,10 +93,16 @@ class PolicyLearner:
             self.has_ref[role] = bool(ref.get(role))
         self.model = model.to(self.device)
         self.model.eval()  # no dropout: learner and engine logprobs must agree
+        if cfg.gradient_checkpointing:
+            # HF recomputes layers only in train mode, so the training forward runs in train mode: every dropout is
+            # zeroed first (an SFT adapter may bring lora_dropout) to keep it equal to the eval-mode logprobs.
+            _no_dropout(self.model)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_input_require_grads()
         self.params = {role: self._adapter_params(role) for role in ROLES}
         total = max(1, cfg.steps * cfg.ppo_epochs * cfg.minibatches)
         self.optim = {r: torch.optim.AdamW(self.params[r], lr=cfg.lr, weight_decay=cfg.weight_decay) for r in ROLES}
-        self.sched = {r: torch.optim.lr_scheduler.LambdaLR(self.optim[r], self._lr_lambda(total)) for r in ROLES}
+        self.sched = {r: lr_scheduler(self.optim[r], total, cfg.warmup_steps, cfg.lr_schedule) for r in ROLES}
 
     # -- parameters -----------------------------------------------------------------------------
     def _adapter_params(self, role: str) -> list[torch.nn.Parameter]:
@@ -103,19 +114,6 @@ class PolicyLearner:
         for p in params:
             p.requires_grad_(True)
         return params
-
-    def _lr_lambda(self, total: int):
-        warm, cosine = self.cfg.warmup_steps, self.cfg.lr_schedule == "cosine"
-
-        def f(step: int) -> float:
-            if warm and step < warm:
-                return (step + 1) / warm
-            if cosine:
-                progress = min(1.0, (step - warm) / max(1, total - warm))
-                return 0.5 * (1 + math.cos(math.pi * progress))
-            return 1.0
-
-        return f
 
     def _activate(self, name: str | None, trainable: bool) -> Any:
         """Route the forward through adapter `name` (None = the bare base); return a context manager."""
@@ -179,6 +177,7 @@ class PolicyLearner:
         old = self._stack(self.logprobs(role, seqs, temp))
         ref = self._stack(self.logprobs(self.ref_adapter(role), seqs, temp))
         raw = old if temp == 1.0 else self._stack(self.logprobs(role, seqs))  # the engine reports raw logprobs
+        lr = self.sched[role].get_last_lr()[0]  # the rate of this step's first update: what the step logs
         sums = {k: 0.0 for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "gap", "gap_tokens", "gap_max")}
         for s, o in zip(samples, raw):  # engine vs learner logprob on the trained tokens (train/infer mismatch)
             if len(s.engine_logprobs) == len(s.input_ids):
@@ -202,7 +201,11 @@ class PolicyLearner:
                     ref_t = torch.stack([self._pad(ref[i], n + 1)[1:] for i in idx]).to(self.device)
                     adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=self.device)[:, None]
                     with self._activate(role, trainable=True):
-                        lp, ent = self._forward(ids, att, with_entropy=True, temperature=temp)
+                        self.model.train(cfg.gradient_checkpointing)
+                        try:
+                            lp, ent = self._forward(ids, att, with_entropy=True, temperature=temp)
+                        finally:
+                            self.model.eval()
                     terms = policy_loss(
                         lp, old_t, ref_t, adv, mask[:, 1:], ent if cfg.entropy_coef else ent.detach(),
                         clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
@@ -213,7 +216,7 @@ class PolicyLearner:
                         sums[k] += getattr(terms, k)
                 grad_norms.append(self._step(role))
         sums["grad_norm"] = max(grad_norms) if grad_norms else 0.0
-        sums["lr"] = self.sched[role].get_last_lr()[0]
+        sums["lr"] = lr
         return sums
 
     def _step(self, role: str) -> float:
@@ -286,6 +289,15 @@ class PolicyLearner:
             self.optim[r].load_state_dict(st["optim"][r])
             self.sched[r].load_state_dict(st["sched"][r])
         torch.set_rng_state(st["torch_rng"])
+
+
+def _no_dropout(model: Any) -> None:
+    """Zero every dropout rate of `model` (dropout modules and attention-dropout attributes): train mode = eval mode."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
 
 
 def write_adapter(files: dict[str, bytes], out: str | os.PathLike) -> Path:

@@ -8,7 +8,7 @@ from step k reproduces the uninterrupted run's steps k+1... when the engine is d
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import random
 import sys
@@ -19,19 +19,36 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from longshort.config.loader import dump_yaml
 from longshort.config.recipe import Recipe
-from longshort.errors import ConfigError, DataError
-from longshort.io import Rejects, append_jsonl, atomic_write_text, read_jsonl, write_json
+from longshort.errors import ConfigError, DataError, UserError
+from longshort.io import Rejects, append_jsonl, atomic_write_text, read_jsonl, validated, write_json
 from longshort.rl import checkpoint
+from longshort.run import open_run
+from longshort.run.checkpoint import restore_rng, resume
+from longshort.run.logs import METRICS, TENSORBOARD, MetricsLog, truncate
+from longshort.run.schedule import take
+from longshort.run.settings import settings
 from longshort.rl.actors import LearnerGroup, RolloutWorker, read_adapter
 from longshort.rl.advantages import assign_advantages
 from longshort.rl.learner import Sample
 from longshort.rl.rewards import COMPONENTS, assign_rewards
-from longshort.rl.sync import SyncError, push, verify
+from longshort.rl.sync import SyncError, push, resolve_precision, verify
 from longshort.types import ROLES, Episode
 
 PROBE_TOKENS = 256  # probe length cap: enough positions to expose a stale adapter, cheap to score
+OUTPUTS = ("checkpoints", METRICS, "episodes.jsonl", TENSORBOARD, "placement.json", "precision.json", "summary.md")
+# Keys that may change between a run and its resume: how long to go on, how often to save or log, where to run.
+FREE = tuple(f"rl.{k}" for k in ("steps", "checkpoint_every", "keep_checkpoints", "log_episodes", "ray_address",
+                                 "ray_num_cpus", "rollout_actors", "rollout_cpus", "rollout_gpus", "learner_workers",
+                                 "learner_cpus", "learner_gpus", "micro_batch_size", "sync_tolerance",
+                                 "gradient_checkpointing"))
+
+
+def resume_settings(recipe: Recipe) -> dict[str, Any]:
+    """The settings an RL checkpoint's state depends on: every key the stage reads except `FREE` (the engine's
+    settings change how rollouts are computed, not the learner's state)."""
+    keys = ("run.seed", "model", "roles", "protocol", "data.train", "data.on_error", "synthetic", "rl")
+    return settings(recipe, keys, FREE)
 
 
 # -- Ray ------------------------------------------------------------------------------------------
@@ -45,7 +62,16 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        from ray.exceptions import AuthenticationError
+
+        token = ("set RAY_AUTH_MODE=token and the cluster's token: RAY_AUTH_TOKEN, or the token file "
+                 "~/.ray/auth_token (or the path in RAY_AUTH_TOKEN_PATH)")
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except AuthenticationError:
+            raise UserError(f"the Ray cluster at {address} needs its authentication token: {token}") from None
+        except ConnectionError as e:  # what Ray raises for a token cluster when RAY_AUTH_MODE is not `token`
+            raise UserError(f"cannot join the Ray cluster at {address} ({e}); if it uses token authentication, {token}") from None
         return False
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     return True
@@ -188,24 +214,19 @@ def load_problems(recipe: Recipe) -> list[dict[str, Any]]:
         train, _ = split(generate(recipe.synthetic.n, recipe.run.seed, recipe.synthetic), recipe.run.seed, recipe.synthetic.test_fraction)
         return [{"id": r["id"], "problem": r["problem"], "answer": r["answer"]} for r in train]
     rejects = Rejects()
-    rows = []
-    first: dict[str, int] = {}  # id -> line; a repeated id would merge two problems into one advantage group
-    for n, row in read_jsonl(recipe.data.train, on_error=recipe.data.on_error, rejects=rejects):
-        problem = row.get("problem", row.get("question"))
-        answer = row.get("answer")
-        pid = str(row.get("id", row.get("idx", n)))
+
+    def problem_row(numbered: tuple[int, dict[str, Any]]) -> dict[str, str]:
+        n, row = numbered
+        from longshort.data.benchmarks import _answer  # the benchmarks' gold checks: type, finite, parseable
+
+        problem, answer = row.get("problem", row.get("question")), row.get("answer")
         if not isinstance(problem, str) or not problem.strip() or answer is None or str(answer).strip() == "":
-            reason = "a problem row needs non-empty 'problem' (or 'question') and 'answer'"
-        elif pid in first:
-            reason = f"duplicate id '{pid}' (first at line {first[pid]})"
-        else:
-            first[pid] = n
-            rows.append({"id": pid, "problem": problem, "answer": str(answer)})
-            continue
-        if recipe.data.on_error == "skip":
-            rejects.add(f"{recipe.data.train}:{n}", reason)
-            continue
-        raise DataError(f"{recipe.data.train}:{n}: {reason}")
+            raise ValueError("a problem row needs non-empty 'problem' (or 'question') and 'answer'")
+        return {"id": str(row.get("id", row.get("idx", n))), "problem": problem, "answer": _answer(row, False)}
+
+    records = ((f"{recipe.data.train}:{n}", (n, row)) for n, row in read_jsonl(recipe.data.train, recipe.data.on_error, rejects))
+    # a repeated id would merge two problems into one advantage group
+    rows = [r for _, r in validated(records, problem_row, recipe.data.on_error, rejects, key=lambda r: r["id"])]
     if len(rejects):
         print(f"longshort rl: skipped {len(rejects)} bad rows of {recipe.data.train}", file=sys.stderr)
     if not rows:
@@ -214,15 +235,8 @@ def load_problems(recipe: Recipe) -> list[dict[str, Any]]:
 
 
 def batch_at(problems: list[dict[str, Any]], cursor: int, size: int, seed: int) -> list[dict[str, Any]]:
-    """Problems `cursor .. cursor+size` of the endless stream of per-epoch shuffles (seeded by run seed + epoch)."""
-    out = []
-    n = len(problems)
-    for k in range(cursor, cursor + size):
-        epoch, i = divmod(k, n)
-        order = list(range(n))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(problems[order[i]])
-    return out
+    """Problems `cursor .. cursor+size` of the run's data-order stream (longshort/run/schedule.py)."""
+    return [problems[i] for i in take(len(problems), seed, cursor, size)]
 
 
 # -- training batch -------------------------------------------------------------------------------
@@ -330,37 +344,24 @@ def check_rollout_gap(stats: dict[str, dict[str, float]], tolerance: float) -> N
             )
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop rows past `step` (a run resumed from checkpoint `step` rewrites them; no repeated steps)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:  # a torn last line from a crash
-            continue
-        s = row.get("step", row.get("meta", {}).get("step"))
-        if s is not None and s <= step:
-            keep.append(line + "\n")
-    atomic_write_text(path, "".join(keep))
-
-
 # -- the loop -------------------------------------------------------------------------------------
 def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) RL of both roles; returns a summary. Raises `SyncError` if a sync check fails."""
-    from longshort.models import resolve_base
+    from longshort.models import check_lora_targets, resolve_base
 
+    run_dir = open_run(recipe, OUTPUTS)  # config.yaml as asked: `auto` stays `auto`
+    recipe, precision = resolve_precision(recipe)  # concrete dtypes for every actor and the tolerance they imply
+    settings_now = resume_settings(recipe)
+    write_json(run_dir / "precision.json", precision)
     cfg = recipe.rl
-    run_dir = recipe.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
     base = str(resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed).resolve())
     problems = load_problems(recipe)
     for role in ROLES:
         path = getattr(recipe.roles, role).adapter
         if path and not (Path(path) / "adapter_config.json").is_file():
             raise ConfigError(f"key 'roles.{role}.adapter': {path} is not a PEFT adapter directory")
+    if not all(getattr(recipe.roles, role).adapter for role in ROLES):  # a fresh adapter wraps rl.lora_targets
+        check_lora_targets(Path(base), cfg.lora_targets, "rl.lora_targets", recipe.model.trust_remote_code)
 
     started_ray = connect_ray(cfg.ray_address or ray_address, cfg.ray_num_cpus)
     pool: RolloutPool | None = None
@@ -369,24 +370,21 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
     step = 0
     try:
         check_resources(recipe, local=started_ray)
-        ckpt = checkpoint.latest(ckpt_root) if recipe.run.resume == "auto" else None
+        # Resume only what was written with the same settings (a one-line error names the first changed key).
+        ckpt = resume(ckpt_root, settings_now) if recipe.run.resume == "auto" else None
         ref = {r: read_adapter(p) if (p := getattr(recipe.roles, r).adapter) else None for r in ROLES}
         init = {r: read_adapter(ckpt.adapter(r)) for r in ROLES} if ckpt else ref
         learner = LearnerGroup(base, init, ref, recipe)
         start_step, cursor = 0, 0
         if ckpt:
-            learner.load_trainer_state(ckpt.trainer_bytes())
+            learner.load_trainer_state(checkpoint.trainer_bytes(ckpt))
             start_step, cursor = ckpt.step, int(ckpt.state["cursor"])
-            random.setstate(_rng_from(ckpt.state["py_rng"]))
+            restore_rng(ckpt)
         else:
             random.seed(recipe.run.seed)
-        metrics_path, episodes_path = run_dir / "metrics.jsonl", run_dir / "episodes.jsonl"
-        if recipe.run.resume == "never" or not ckpt:
-            for p in (metrics_path, episodes_path):
-                p.unlink(missing_ok=True)
-        else:
-            for p in (metrics_path, episodes_path):
-                _truncate_log(p, start_step)
+        # Every log is cut back to the step resumed from, 0 (no checkpoint) included: no step is logged twice.
+        episodes_path = run_dir / "episodes.jsonl"
+        truncate(episodes_path, start_step, step_of=lambda ep: ep.get("meta", {}).get("step"))
 
         pool = RolloutPool(base, recipe, learner, ckpt_root)
         tokenizer_probe = _initial_probes(recipe, base, problems)
@@ -398,9 +396,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
         }
         write_json(run_dir / "placement.json", placement)
 
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        metrics_log = MetricsLog(run_dir, start_step)
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc="rl", disable=not progress, dynamic_ncols=True)
@@ -418,6 +414,10 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             train_roles = roles_to_train(recipe, step)
             batches, norms = build_batches(episodes, train_roles, recipe)
             stats = learner.train(batches, norms) if batches else {}
+            diverged = [f"{r} {k} {s[k]}" for r, s in stats.items() for k in ("pg", "grad_norm") if not math.isfinite(s[k])]
+            if diverged:  # stop before this step's adapters reach a checkpoint, the engines or the final export
+                raise UserError(f"rl: step {step}: training diverged ({', '.join(diverged)} not finite); no checkpoint "
+                                "of this step is written (lower rl.lr?)")
             check_rollout_gap(stats, cfg.sync_tolerance)
             t2 = time.perf_counter()
 
@@ -430,21 +430,18 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             row.update({f"sync/{r}_max_diff": d for r, d in diffs.items()})
             row.update({"sync/ok": True, "sync/bytes": sent, "time/rollout": t1 - t0, "time/learn": t2 - t1, "time/sync": t3 - t2})
             row["time/step"] = t3 - t0
-            append_jsonl(metrics_path, row)
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v:
-                    tb.add_scalar(k, v, step)
+            metrics_log.log(row)
             for ep in episodes[: cfg.log_episodes]:
                 append_jsonl(episodes_path, ep.to_dict())
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                state = {"cursor": cursor, "py_rng": _rng_to(random.getstate()), "seed": recipe.run.seed}
-                checkpoint.save(ckpt_root, step, learner.state(), state, cfg.keep_checkpoints)
+                checkpoint.save(ckpt_root, step, learner.state(), {"cursor": cursor, "settings": settings_now}, cfg.keep_checkpoints)
             last = row
             bar.update(1)
             bar.set_postfix(acc=f"{row['accuracy']:.2f}", tok=f"{row['tokens']:.0f}", sync="ok")
         bar.close()
-        tb.close()
-        summary = {"steps": cfg.steps, "resumed_from": start_step, "initial_sync": initial, "placement": placement, "last": last}
+        metrics_log.close()
+        summary = {"steps": cfg.steps, "resumed_from": start_step, "initial_sync": initial, "placement": placement,
+                   "precision": precision, "last": last}
         _write_summary(run_dir, summary)
         return summary
     except RayActorError:
@@ -472,20 +469,15 @@ def _initial_probes(recipe: Recipe, base: str, problems: list[dict[str, Any]]) -
     }
 
 
-def _rng_to(state: tuple) -> list:
-    return [state[0], list(state[1]), state[2]]
-
-
-def _rng_from(data: list) -> tuple:
-    return (data[0], tuple(data[1]), data[2])
-
-
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     last = summary["last"]
     lines = [f"# RL run {run_dir.name}", "", f"steps: {summary['steps']} (resumed from step {summary['resumed_from']})", ""]
     place = summary["placement"]
     nodes = {n for ids in place.values() for n in ids}
     lines += [f"Ray nodes used: {len(nodes)} (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in place.items()) + ")", ""]
+    p = summary["precision"]
+    lines += [f"Precision: learner {p['learner']['resolved']} on {p['learner']['device']}, engine {p['engine']['resolved']} on "
+              f"{p['engine']['device']}, sync tolerance {p['sync_tolerance']:g} (precision.json)", ""]
     keys = ["accuracy", "tokens", "tokens_per_solved", "rethink_rate", "long/reward", "short/reward", "long/kl", "short/kl"]
     lines += ["| metric | last step |", "|---|---|"] + [f"| {k} | {last.get(k, float('nan')):.4g} |" for k in keys if k in last]
     atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")

@@ -9,13 +9,41 @@ than the learner's current adapter (stale, half-loaded, wrong role) and the run 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import ray
 
+from longshort.config.recipe import Recipe
+from longshort.precision import SYNC_TOLERANCE, record, resolve_dtype
+
+
 
 class SyncError(RuntimeError):
     """The rollout engine's logprobs disagree with the learner's: the adapters are out of sync."""
+
+
+def resolve_precision(recipe: Recipe) -> tuple[Recipe, dict[str, Any]]:
+    """A copy of `recipe` with concrete dtypes for the learner (model.dtype) and the engines (engine.dtype) on the
+    devices their actors reserve, and rl.sync_tolerance from them when it is null; plus the record of the choice.
+
+    Resolved once, in the driver, so every actor runs the dtype the tolerance was chosen for (on CPU nodes `auto`
+    is measured on the driver's CPU: a Ray cluster's CPU nodes are assumed to be alike)."""
+    out = copy.deepcopy(recipe)
+    rl = out.rl
+    devices = {"learner": "cuda" if rl.learner_gpus > 0 else "cpu", "engine": "cuda" if rl.rollout_gpus > 0 else "cpu"}
+    out.model.dtype = resolve_dtype(recipe.model.dtype, devices["learner"])
+    out.engine.dtype = resolve_dtype(recipe.engine.dtype, devices["engine"])
+    if rl.sync_tolerance is None:
+        rl.sync_tolerance = max(SYNC_TOLERANCE[out.model.dtype], SYNC_TOLERANCE[out.engine.dtype])
+    info = {
+        "learner": record(recipe.model.dtype, out.model.dtype, devices["learner"]),
+        "engine": record(recipe.engine.dtype, out.engine.dtype, devices["engine"]),
+        "sync_tolerance": rl.sync_tolerance,
+        "sync_tolerance_from": "recipe" if recipe.rl.sync_tolerance is not None else "dtype",
+        "gradient_checkpointing": rl.gradient_checkpointing,
+    }
+    return out, info
 
 
 def push(learner: Any, workers: list[Any], roles: list[str]) -> int:

@@ -16,8 +16,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from longshort.chat import tokenize_view
-from longshort.errors import DataError
-from longshort.io import Rejects, read_jsonl
+from longshort.io import Rejects, read_jsonl, validated
 from longshort.types import ROLES
 
 
@@ -83,24 +82,19 @@ def load_examples(
     rejects = Rejects()
     counts: Counter = Counter()
     examples: list[Example] = []
-    seen: dict[str, str] = {}
-    for n, row in read_jsonl(path, on_error, rejects):
-        where = f"{path}:{n}"
-        counts["rows"] += 1
-        try:
-            parsed = parse_row(row, where, role)
-            if not isinstance(parsed, str) and parsed[0] in seen:
-                raise ValueError(f"duplicate id {parsed[0]!r} (first at {seen[parsed[0]]})")
-        except ValueError as e:
-            if on_error == "skip":
-                rejects.add(where, str(e))
-                continue
-            raise DataError(f"{where}: {e}") from None
+
+    def records():
+        for n, row in read_jsonl(path, on_error, rejects):
+            counts["rows"] += 1
+            yield f"{path}:{n}", (f"{path}:{n}", row)
+
+    rows = validated(records(), lambda r: parse_row(r[1], r[0], role), on_error, rejects,
+                     key=lambda parsed: None if isinstance(parsed, str) else parsed[0])
+    for _, parsed in rows:
         if isinstance(parsed, str):  # well-formed, but nothing for this role: counted, not an error
             counts[f"skipped_{parsed}"] += 1
             continue
         rid, problem, turns = parsed
-        seen[rid] = where
         ids, mask = tokenize_view(tokenizer, system_prompt, problem, turns, viewer=role)
         if len(ids) > max_length:
             counts["truncated"] += 1
@@ -126,11 +120,6 @@ def split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[lis
         [e for i, e in enumerate(examples) if i not in eval_idx],
         [e for i, e in enumerate(examples) if i in eval_idx],
     )
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled order of epoch `epoch`: a pure function of (seed, epoch), so resume needs only the position."""
-    return np.random.default_rng([seed, 2, epoch]).permutation(n).tolist()
 
 
 @dataclass

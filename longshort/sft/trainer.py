@@ -17,53 +17,32 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from longshort.config import Recipe, dump_yaml
+from longshort.config import Recipe
 from longshort.config.loader import to_dict
 from longshort.errors import ConfigError, UserError
-from longshort.io import atomic_write_bytes, atomic_write_text, read_jsonl, write_json, write_jsonl
-from longshort.models import load_tokenizer, resolve_base
-from longshort.sft import checkpoint as ckpt
-from longshort.sft.data import Example, collate, epoch_order, load_examples, rows_for, split
+from longshort.io import atomic_write_bytes, atomic_write_text, write_json
+from longshort.models import check_lora_targets, load_tokenizer, resolve_base
+from longshort.precision import default_device, record, resolve_bf16, resolve_dtype
+from longshort.run import checkpoint as ckpt
+from longshort.run import open_run
+from longshort.run.logs import METRICS, MetricsLog, rows as log_rows
+from longshort.run.schedule import scheduler as lr_scheduler, take
+from longshort.run.settings import check, settings
+from longshort.sft.data import Example, collate, load_examples, rows_for, split
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def lr_lambda(steps: int, warmup: int, kind: str) -> Callable[[int], float]:
-    """Multiplier of the peak lr at optimizer step index s (0-based): linear warm-up, then cosine/linear/constant."""
-
-    def f(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (s - warmup) / max(1, steps - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-
-    return f
+OUTPUTS = ("checkpoints", "final", "final.partial", "tensorboard", METRICS, "run.json", "summary.md", "loss_curve.png",
+           "rejects.jsonl")  # what run.resume=never removes (a built tiny base is kept)
+# Keys that may change between a run and its resume: how long to go on, how often to save or evaluate, memory.
+FREE = ("sft.steps", "sft.eval_every", "sft.save_every", "sft.keep_checkpoints", "sft.gradient_checkpointing")
 
 
-@dataclass
-class Position:
-    """Where the next global batch starts: epoch number and index into that epoch's shuffled order."""
-
-    epoch: int = 0
-    index: int = 0
-
-    def take(self, n_train: int, count: int, seed: int) -> list[int]:
-        """The next `count` example indices (crossing epochs as needed); advances the position."""
-        out: list[int] = []
-        while len(out) < count:
-            order = epoch_order(n_train, seed, self.epoch)
-            need = count - len(out)
-            out += order[self.index : self.index + need]
-            self.index += need
-            if self.index >= n_train:
-                self.epoch, self.index = self.epoch + 1, 0
-        return out
+def resume_settings(recipe: Recipe) -> dict[str, Any]:
+    """The settings an SFT checkpoint's state depends on: every key this stage reads, except `FREE`."""
+    keys = ("run.seed", "model", "data.train", "data.on_error", f"roles.{recipe.sft.role}.system_prompt", "sft")
+    return settings(recipe, keys, FREE)
 
 
 def token_losses(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
@@ -91,6 +70,10 @@ class Trainer:
         self.log = log or (lambda m: print(m, file=sys.stderr))
         self.stop_after = stop_after  # stop (as if killed) after this step: resume tests without a subprocess
         self.model: Any = None
+        # `auto` resolved once per run, before the Accelerator exists: weights dtype and the bf16 autocast switch
+        self.device = default_device()
+        self.dtype = resolve_dtype(recipe.model.dtype, self.device)
+        self.bf16 = resolve_bf16(recipe.sft.bf16, self.device)
 
     # ---- setup ---------------------------------------------------------------------------------------------
 
@@ -100,18 +83,11 @@ class Trainer:
             raise ConfigError("key 'sft.data' (or 'data.train') must name a transcripts JSONL file")
         return Path(path)
 
-    def _fresh_start(self) -> None:
-        """resume: never -> drop this stage's outputs (the built tiny base, if any, is kept)."""
-        for name in ("checkpoints", "final", "final.partial", "tensorboard"):
-            shutil.rmtree(self.run_dir / name, ignore_errors=True)
-        for name in ("metrics.jsonl", "run.json", "summary.md", "loss_curve.png", "rejects.jsonl"):
-            (self.run_dir / name).unlink(missing_ok=True)
-
     def _build_model(self, base: Path, resume_from: Path | None) -> Any:
         import torch
         from transformers import AutoModelForCausalLM
 
-        dtype = getattr(torch, DTYPES[self.recipe.model.dtype])
+        dtype = getattr(torch, self.dtype)  # LoRA: PEFT keeps the adapter (and so AdamW's state) float32
         trc = self.recipe.model.trust_remote_code
         if self.cfg.mode == "full":
             src = resume_from / "model" if resume_from else base
@@ -130,13 +106,13 @@ class Trainer:
                 ),
             )
             if resume_from:
-                state = load_file(str(resume_from / "adapter" / "adapter_model.safetensors"))
+                state = load_file(str(resume_from / "adapters" / self.cfg.role / "adapter_model.safetensors"))
                 result = set_peft_model_state_dict(model, state)
                 if getattr(result, "unexpected_keys", None):
                     raise UserError(f"checkpoint {resume_from} does not match sft.lora: {result.unexpected_keys[:3]}")
         if self.cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            if self.cfg.mode == "lora":
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.cfg.mode == "lora":  # the frozen embeddings' output must require grad for the recompute to reach LoRA
                 model.enable_input_require_grads()
         return model
 
@@ -152,36 +128,45 @@ class Trainer:
         cfg, recipe = self.cfg, self.recipe
         seed = recipe.run.seed
         role_cfg = getattr(recipe.roles, cfg.role)
-        accel = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+        from accelerate.state import AcceleratorState
+
+        precision = "bf16" if self.bf16 else "no"
+        # accelerate keeps the mixed-precision setting process-wide, and one process may run SFT stages of different
+        # precision (the pipeline's driver): a stage asking for another one clears it (the process group stays).
+        if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+            AcceleratorState._reset_state()
+        accel = Accelerator(mixed_precision=precision)
         main = accel.is_main_process
         run_dir = self.run_dir
         ck_root = run_dir / "checkpoints"
 
+        current = resume_settings(recipe)
         if recipe.run.resume == "auto" and (run_dir / "run.json").is_file() and (run_dir / "final").is_dir():
             done = json.loads((run_dir / "run.json").read_text())
             if done.get("steps") == cfg.steps:
+                check(done.get("settings"), current, str(run_dir / "run.json"))
                 self.log(f"sft: {run_dir} is already complete ({cfg.steps} steps); nothing to do (run.resume=never restarts)")
                 return done
         if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if recipe.run.resume == "never":
-                self._fresh_start()
-            atomic_write_text(run_dir / "config.yaml", dump_yaml(recipe))
-            resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed)  # builds `tiny` once
+            open_run(recipe, OUTPUTS)
+            resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed, trust_remote_code=recipe.model.trust_remote_code)  # builds `tiny` once
         auto = recipe.run.resume == "auto"
-        # The main process warns about (and removes) partial checkpoints first; the others then find the same one.
-        resume_from = ckpt.latest(ck_root, self.log) if auto and main else None
+        # Resume only what was written with the same settings (a one-line error names the first changed key). The
+        # main process names the broken checkpoints it skips; the others then find the same one quietly.
+        resume_from = ckpt.resume(ck_root, current, self.log) if auto and main else None
         accel.wait_for_everyone()
         if auto and not main:
-            resume_from = ckpt.latest(ck_root, lambda m: None)
-        base = resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed)
+            resume_from = ckpt.resume(ck_root, current, lambda m: None)
+        base = resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed, trust_remote_code=recipe.model.trust_remote_code)
+        if cfg.mode == "lora":
+            check_lora_targets(base, cfg.lora.target_modules, "sft.lora.target_modules", recipe.model.trust_remote_code)
         tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
         data_path = self._data_path()
         examples, counts, rejects = load_examples(
             data_path, tokenizer, cfg.role, role_cfg.system_prompt, cfg.max_length, recipe.data.on_error
         )
-        if main and len(rejects):
-            write_jsonl(run_dir / "rejects.jsonl", rejects.rows)
+        if main:
+            rejects.write(run_dir / "rejects.jsonl")
         train, evals = split(examples, cfg.eval_fraction, seed)
         if not train:
             raise UserError(f"{data_path}: no training examples for role '{cfg.role}' ({dict(counts)})")
@@ -191,31 +176,26 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        model = self._build_model(base, resume_from)
+        model = self._build_model(base, resume_from.path if resume_from else None)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.steps, cfg.warmup_steps, cfg.scheduler))
+        scheduler = lr_scheduler(optimizer, cfg.steps, cfg.warmup_steps, cfg.scheduler)
         # The scheduler is stepped here once per optimizer step (accelerate's wrapper would step it per process).
         model, optimizer = accel.prepare(model, optimizer)
         self.model = model
 
-        step, pos, tokens_seen = 0, Position(), 0
+        step, cursor, tokens_seen = 0, 0, 0  # cursor: position in the data-order stream (run.schedule.take)
         if resume_from:
-            state = json.loads((resume_from / "trainer_state.json").read_text())
-            step, pos, tokens_seen = state["step"], Position(state["epoch"], state["index"]), state["tokens"]
-            opt_state = torch.load(resume_from / "optimizer.pt", map_location="cpu", weights_only=True)
+            state = resume_from.state
+            step, cursor, tokens_seen = state["step"], state["cursor"], state["tokens"]
+            opt_state = torch.load(resume_from.path / "optimizer.pt", map_location="cpu", weights_only=True)
             optimizer.load_state_dict(opt_state)
-            scheduler.load_state_dict(json.loads((resume_from / "scheduler.json").read_text()))
-            self._restore_rng(resume_from, accel.process_index)
-            if main:
-                self._truncate_metrics(step)
-            self.log(f"sft: resuming from {resume_from} (step {step}, epoch {pos.epoch}, index {pos.index})")
-
-        writer = None
-        if main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None)
+            scheduler.load_state_dict(json.loads((resume_from.path / "scheduler.json").read_text()))
+            ckpt.restore_rng(resume_from, accel.process_index)
+            self.log(f"sft: resuming from {resume_from.path} (step {step}, epoch {cursor // len(train)}, "
+                     f"index {cursor % len(train)})")
+        # Every log is cut back to the step resumed from, 0 (no checkpoint) included: no step is logged twice.
+        metrics_log = MetricsLog(run_dir, step) if main else None
 
         n_proc, rank = accel.num_processes, accel.process_index
         global_batch = cfg.batch_size * cfg.grad_accum * n_proc
@@ -225,7 +205,8 @@ class Trainer:
         last_eval: float | None = None
         while step < cfg.steps:
             model.train()
-            idx = pos.take(len(train), global_batch, seed)
+            idx = take(len(train), seed, cursor, global_batch)
+            cursor += global_batch
             batch_ex = [train[i] for i in idx]
             n_tok = sum(e.trainable for e in batch_ex)  # the step's global count: exact accumulation/DDP scaling
             loss_sum = torch.zeros((), device=accel.device)
@@ -241,7 +222,10 @@ class Trainer:
                 loss_sum += s.detach()
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             grad_norm = accel.clip_grad_norm_(params, max_norm)
-            lr = scheduler.get_last_lr()[0]
+            if not math.isfinite(float(grad_norm)):  # global under DDP: every process stops at the same step
+                raise UserError(f"sft: step {step + 1}: the loss or its gradient is not finite (gradient norm "
+                                f"{float(grad_norm)}); training diverged, nothing of this step is saved (lower sft.lr?)")
+            lr = scheduler.get_last_lr()[0]  # the rate this step's update uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -250,34 +234,32 @@ class Trainer:
             loss = (accel.reduce(loss_sum, reduction="sum").item()) / n_tok
             row: dict[str, Any] = {
                 "step": step, "loss": loss, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens_seen,
-                "trainable_tokens": n_tok, "epoch": pos.epoch, "wall_s": round(time.time() - t0, 3),
+                "trainable_tokens": n_tok, "epoch": cursor // len(train), "wall_s": round(time.time() - t0, 3),
             }
             if evals and (step % cfg.eval_every == 0 or step == cfg.steps):
                 last_eval = row["eval_loss"] = self.eval_loss(model, evals, pad_id, accel)
             if main:
-                from longshort.io import append_jsonl
-
-                append_jsonl(run_dir / "metrics.jsonl", row)
-                for k in ("loss", "lr", "grad_norm", "eval_loss"):
-                    if k in row:
-                        writer.add_scalar(f"sft/{k}", row[k], step)
+                metrics_log.log(row)
                 bar.set_postfix(loss=f"{loss:.4f}", **({"eval": f"{last_eval:.4f}"} if last_eval is not None else {}))
             bar.update(1)
             if step % cfg.save_every == 0 or step == cfg.steps:
-                self._save(accel, model, optimizer, scheduler, step, pos, tokens_seen, ck_root)
+                if not all(bool(torch.isfinite(p).all()) for p in params):  # finite gradients, a step still overflowed
+                    raise UserError(f"sft: step {step}: the weights are no longer finite; no checkpoint or adapter "
+                                    "is written (lower sft.lr?)")
+                self._save(accel, model, optimizer, scheduler, step, cursor, tokens_seen, ck_root)
             if self.stop_after is not None and step >= self.stop_after and step < cfg.steps:
                 bar.close()
-                if writer:
-                    writer.close()
+                if metrics_log:
+                    metrics_log.close()
                 return {"stopped_at": step}
         bar.close()
-        if writer:
-            writer.flush()
-            writer.close()
+        if metrics_log:
+            metrics_log.close()
         accel.wait_for_everyone()
         result = {}
         if main:
-            result = self._finish(accel, model, tokenizer, base, data_path, counts, len(rejects), resume_from, time.time() - t0)
+            result = self._finish(accel, model, tokenizer, base, data_path, counts, len(rejects),
+                                  resume_from.path if resume_from else None, time.time() - t0)
         accel.wait_for_everyone()
         return result
 
@@ -301,50 +283,29 @@ class Trainer:
         model.train()
         return (accel.reduce(total, reduction="sum") / accel.reduce(count, reduction="sum").clamp(min=1)).item()
 
-    def _save(self, accel, model, optimizer, scheduler, step, pos, tokens, ck_root: Path) -> None:
+    def _save(self, accel, model, optimizer, scheduler, step, cursor, tokens, ck_root: Path) -> None:
         import torch
-        from safetensors.torch import save_file
 
         partial = ck_root / (ckpt.step_name(step) + ".partial")
         if accel.is_main_process:
             ckpt.begin(ck_root, step)
         accel.wait_for_everyone()
-        meta, tensors = ckpt.rng_state()
-        save_file(tensors, str(partial / f"rng-{accel.process_index}.safetensors"))
-        write_json(partial / f"rng-{accel.process_index}.json", meta)
+        ckpt.save_rng(partial, accel.process_index)
         state_dict = accel.get_state_dict(model)  # full state (gathered under FSDP) on the main process
         opt_state = optimizer.state_dict()
         accel.wait_for_everyone()
         if accel.is_main_process:
             unwrapped = accel.unwrap_model(model)
             if self.cfg.mode == "lora":
-                unwrapped.save_pretrained(str(partial / "adapter"), state_dict=state_dict, safe_serialization=True)
+                unwrapped.save_pretrained(str(partial / "adapters" / self.cfg.role), state_dict=state_dict, safe_serialization=True)
             else:
                 unwrapped.save_pretrained(str(partial / "model"), state_dict=state_dict, safe_serialization=True)
             torch.save(opt_state, partial / "optimizer.pt")
             write_json(partial / "scheduler.json", scheduler.state_dict())
-            write_json(
-                partial / "trainer_state.json",
-                {"step": step, "epoch": pos.epoch, "index": pos.index, "tokens": tokens, "role": self.cfg.role,
-                 "mode": self.cfg.mode, "num_processes": accel.num_processes},
-            )
-            ckpt.commit(partial, step, self.cfg.keep_checkpoints)
+            state = {"cursor": cursor, "tokens": tokens, "num_processes": accel.num_processes,
+                     "settings": resume_settings(self.recipe)}
+            ckpt.commit(partial, step, state, self.cfg.keep_checkpoints)
         accel.wait_for_everyone()
-
-    def _restore_rng(self, path: Path, rank: int) -> None:
-        from safetensors.torch import load_file
-
-        f = path / f"rng-{rank}.json"
-        if not f.is_file():
-            raise UserError(f"checkpoint {path} has no RNG state for process {rank} (saved with fewer processes)")
-        ckpt.set_rng_state(json.loads(f.read_text()), load_file(str(path / f"rng-{rank}.safetensors")))
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metric rows after the resumed step (written before the crash): no step is logged twice."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.is_file():
-            rows = [r for _, r in read_jsonl(path, on_error="skip", rejects=None) if r.get("step", 0) <= step]
-            write_jsonl(path, rows)
 
     def _finish(self, accel, model, tokenizer, base: Path, data_path: Path, counts, n_rejects: int,
                 resumed: Path | None, wall: float) -> dict[str, Any]:
@@ -356,7 +317,7 @@ class Trainer:
         tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-        rows = [r for _, r in read_jsonl(run_dir / "metrics.jsonl", on_error="skip", rejects=None)]
+        rows = log_rows(run_dir / METRICS)
         evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
         metrics = {
             "first_loss": rows[0]["loss"] if rows else None,
@@ -372,7 +333,10 @@ class Trainer:
             "mode": cfg.mode,
             "base": str(base.resolve()),
             "base_spec": self.recipe.model.base,
-            "dtype": self.recipe.model.dtype,
+            "dtype": self.dtype,
+            "precision": {"weights": record(self.recipe.model.dtype, self.dtype, self.device),
+                          "bf16_autocast": record(cfg.bf16, self.bf16, self.device),
+                          "gradient_checkpointing": cfg.gradient_checkpointing},
             "final": "final",
             "steps": cfg.steps,
             "seed": self.recipe.run.seed,
@@ -382,17 +346,19 @@ class Trainer:
             "counts": dict(counts),
             "rejects": n_rejects,
             "metrics": metrics,
+            "settings": resume_settings(self.recipe),  # an "already complete" rerun checks them too
         }
         write_json(run_dir / "run.json", info)
         self._plot(rows)
         lines = [
             f"# SFT `{cfg.role}` ({cfg.mode})", "",
-            f"- base: `{base}` ({self.recipe.model.dtype})",
+            f"- base: `{base}` ({self.dtype}{' from auto' if self.recipe.model.dtype == 'auto' else ''})",
             f"- data: `{data_path}`: {counts['rows']} rows -> {counts['train']} train / {counts['eval']} eval examples; "
             f"rejected {n_rejects}, truncated {counts.get('truncated', 0)}, "
             f"skipped (nothing for this role) {sum(v for k, v in counts.items() if k.startswith('skipped'))}",
             f"- steps: {cfg.steps} (batch {cfg.batch_size} x accum {cfg.grad_accum} x {accel.num_processes} processes), "
-            f"lr {cfg.lr} {cfg.scheduler}, packing {cfg.packing}, bf16 {cfg.bf16}",
+            f"lr {cfg.lr} {cfg.scheduler}, packing {cfg.packing}, bf16 autocast {self.bf16}, "
+            f"gradient checkpointing {cfg.gradient_checkpointing}",
             f"- loss: {metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f}"
             + (f"; eval loss {metrics['first_eval_loss']:.4f} -> {metrics['eval_loss']:.4f}" if evals else ""),
             f"- tokens seen: {metrics['tokens']}; this session {wall:.1f}s"

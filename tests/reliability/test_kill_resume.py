@@ -13,7 +13,7 @@ from harness import REPO, SECRET, count_rows, jsonl, kill_after_progress, run, s
 
 from conftest import PIPELINE_RECIPE, PIPELINE_STAGES
 from longshort.config import load_recipe
-from longshort.rl import checkpoint
+from longshort.run import checkpoint
 
 SFT_RECIPE = REPO / "recipes" / "tiny" / "sft_long.yaml"
 SFT_STEPS = 16
