@@ -22,7 +22,8 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # the bounds at 0 and n are exactly 0 and 1 (the formula leaves rounding residue there)
+    return (0.0 if successes <= 0 else max(0.0, centre - half), 1.0 if successes >= n else min(1.0, centre + half))
 
 
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:

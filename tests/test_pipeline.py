@@ -87,6 +87,19 @@ def test_rerun_reuses_every_stage(quick):
         assert f"[{i}/{len(STAGES)}] {stage}: cached" in res.stderr
 
 
+def test_dry_run_after_a_run_lists_what_a_changed_key_reruns(quick):
+    """`--dry-run protocol.max_turns=2`: coldstart reads protocol.max_turns, so it and every stage after it rerun."""
+    run, args = quick
+    before = {stage: (run / stage / "stage.json").read_bytes() for stage in STAGES}
+    res = _run("--dry-run", *args, "protocol.max_turns=2", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    start = STAGES.index("coldstart")
+    for i, stage in enumerate(STAGES, 1):
+        state = "would run" if i > start else "cached"
+        assert f"[{i}/{len(STAGES)}] {stage}: {state} (" in res.stdout, (stage, res.stdout)
+    assert {stage: (run / stage / "stage.json").read_bytes() for stage in STAGES} == before  # nothing ran
+
+
 def test_changed_section_reruns_only_that_stage(quick):
     run, args = quick
     res = _run(*args, "pipeline.benchmark_eval.evaluation.limit=1", timeout=600)

@@ -1,4 +1,4 @@
-"""`longshort pipeline --recipe R [--quick] [key=value ...]`: the whole Long⊗Short pipeline and its report card."""
+"""`longshort pipeline --recipe R [--quick] [--dry-run | --check] [key=value ...]`: the whole Long⊗Short pipeline and its report card."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="Smoke scale: apply the recipe's `pipeline.quick` overrides, write to `<run.name>-quick`.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars (one line per stage only).")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Run nothing: check every input, then print per stage whether it would run or is cached "
+                        "(its fingerprint against <stage>/stage.json) and where each of its inputs is.")
     p.add_argument("--check", action="store_true",
                    help="Run nothing: check the resolved plan against the recipe's `# cluster/model/budget:` lines "
                         "(GPUs, CPUs, batch splits, contexts, memory in the resolved dtypes); exit 2 on a problem.")
@@ -56,6 +59,13 @@ def run(args: argparse.Namespace) -> int:
         where += " (--quick)"
     recipe = load_recipe(args.recipe, overrides)
     plan = make_plan(recipe, where)
+    if args.dry_run:
+        from longshort.pipeline.inputs import check_inputs
+        from longshort.pipeline.runner import dry_run
+
+        check_inputs(plan)
+        print("\n".join(dry_run(plan)))
+        return 0
     try:
         report = run_plan(plan, progress=not args.no_progress)
     except (SyncError, WorkerLost) as e:  # the RL stage stopped on a runtime fault: a rerun resumes it

@@ -2,14 +2,29 @@
 
 Stage recipes are built from the pipeline recipe's shared sections, then `pipeline.<stage>`, then the wiring
 (paths to what earlier stages wrote), so following a key is: pipeline.yaml -> `<run>/<stage>/recipe.yaml`
--> the stage. A stage's fingerprint hashes its recipe and its upstream fingerprints: a changed section reruns
-that stage and every stage after it, nothing else.
+-> the stage.
+
+Fingerprints are derived from what a stage runs with, not from a table it is trusted to match. A stage's recipe
+holds every section (plan-level checks read them all), but the copy the stage runs with has the sections
+outside `READS[stage]` *sealed* (`sealed`): reading any field of one raises
+`UnreadSection` (dumping the recipe to `config.yaml` still works; copies and pickles to Ray workers stay sealed).
+The fingerprint hashes every key of the sections the stage can read (all of `run` included), its stage settings
+and its upstream fingerprints. So a key the fingerprint does not cover is a key the stage cannot read: a stage
+that starts reading a new section fails loudly on its first run (the quick pipeline test runs every stage) instead
+of reusing stale outputs, which is how the hand-kept table once let `protocol.max_turns` reuse old cold-start
+data. The table may only be too wide (a needless rerun), never too narrow. Granularity is the section: changing
+`protocol.pdr_k` also reruns `coldstart`, which reads `protocol.max_turns`. We did not record keys as they are
+read: the entry points dump the whole recipe to `config.yaml` and RL reads it on Ray workers in other processes,
+so a recorder would see everything or miss reads.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,22 +50,70 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-# Recipe sections each stage reads: its fingerprint covers these (and run.seed), so a change elsewhere
-# (say `evaluation.limit`) does not rerun the reasoner's SFT.
+# The recipe sections each stage may read (every stage reads `run`); the others are sealed (module docstring).
 READS: dict[str, tuple[str, ...]] = {
-    "base": ("model",),
-    "data": ("synthetic", "data"),
-    "reasoner": ("model", "roles", "sft"),
-    "analyze": ("model", "engine", "analysis"),
-    "coldstart": ("model", "analysis", "coldstart"),
-    "sft_long": ("model", "roles", "sft"),
-    "sft_short": ("model", "roles", "sft"),
-    "rl": ("model", "roles", "engine", "protocol", "data", "rl"),
-    "rl_length": ("model", "roles", "engine", "protocol", "data", "rl"),
-    "eval": ("model", "roles", "engine", "protocol", "evaluation"),
-    "benchmarks": ("model", "roles", "engine", "protocol", "evaluation"),
-    "export": ("model", "roles"),
+    "base": ("run", "model"),
+    "data": ("run", "synthetic", "data"),
+    "reasoner": ("run", "model", "roles", "data", "sft"),
+    "analyze": ("run", "model", "roles", "engine", "data", "synthetic", "analysis"),
+    "coldstart": ("run", "model", "engine", "protocol", "data", "analysis", "coldstart"),
+    "sft_long": ("run", "model", "roles", "data", "sft"),
+    "sft_short": ("run", "model", "roles", "data", "sft"),
+    "rl": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
+    "rl_length": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
+    "eval": ("run", "model", "roles", "engine", "protocol", "data", "evaluation"),
+    "benchmarks": ("run", "model", "roles", "engine", "protocol", "data", "evaluation"),
+    "export": ("run", "model", "roles"),
 }
+
+
+class UnreadSection(AttributeError):
+    """A stage read a recipe section its fingerprint does not cover: add the section to `READS[stage]`."""
+
+
+_SEALED: dict[type, type] = {}
+
+
+def _sealed_class(cls: type) -> type:
+    """`cls` whose fields raise on reading, except from `to_dict` (the recipe dump every stage writes)."""
+    if cls not in _SEALED:
+        def __getattribute__(self: Any, name: str) -> Any:
+            caller = sys._getframe(1)  # to_dict, or its dict comprehension's own frame before Python 3.12
+            if name.startswith("_") or to_dict.__code__ in (caller.f_code, caller.f_back and caller.f_back.f_code):
+                return object.__getattribute__(self, name)
+            stage, section = object.__getattribute__(self, "_sealed_by")
+            raise UnreadSection(f"pipeline stage {stage!r} read '{section}.{name}', but its fingerprint does not cover "
+                                f"section '{section}': add it to READS[{stage!r}] in longshort/pipeline/plan.py")
+
+        def __reduce__(self: Any) -> Any:  # copies and pickles (Ray) rebuild a sealed section
+            return _sealed_copy, (cls, dict(object.__getattribute__(self, "__dict__")))
+
+        _SEALED[cls] = type(f"Sealed{cls.__name__}", (cls,), {"__getattribute__": __getattribute__, "__reduce__": __reduce__})
+    return _SEALED[cls]
+
+
+def _sealed_copy(cls: type, state: dict[str, Any]) -> Any:
+    obj = object.__new__(_sealed_class(cls))
+    obj.__dict__.update(state)
+    return obj
+
+
+def sealed(recipe: Recipe, stage: str) -> Recipe:
+    """A copy of `recipe` whose sections outside `READS[stage]` are sealed: what stage `stage` runs with."""
+    out = copy.deepcopy(recipe)
+    for f in dataclasses.fields(out):
+        if f.name not in READS[stage]:
+            section = getattr(out, f.name)
+            locked = object.__new__(_sealed_class(type(section)))
+            locked.__dict__.update(section.__dict__, _sealed_by=(stage, f.name))
+            setattr(out, f.name, locked)
+    return out
+
+
+def readable(recipe: Recipe, stage: str) -> dict[str, Any]:
+    """Every key of the sections stage `stage` may read: what its fingerprint hashes."""
+    body = to_dict(recipe)
+    return {k: body[k] for k in READS[stage]}
 
 
 @dataclass
@@ -169,9 +232,7 @@ def make_plan(pipeline: Recipe, where: str) -> Plan:
         data = deep_merge(data, {"run": {"out_dir": str(run_dir), "name": name}})
         recipe = build(Recipe, data, f"{where}: pipeline.{name}" if name in overlays else where)
         stage = Stage(name, after, recipe, extra=extras.get(name, {}))
-        body = to_dict(recipe)
-        reads = {k: body[k] for k in READS[name]} | {"seed": recipe.run.seed}
-        blob = json.dumps({"reads": reads, "extra": stage.extra, "after": [stages[a].fingerprint for a in after]},
+        blob = json.dumps({"reads": readable(recipe, name), "extra": stage.extra, "after": [stages[a].fingerprint for a in after]},
                           sort_keys=True, default=str)
         stage.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
         stages[name] = stage

@@ -17,7 +17,7 @@ from typing import Any
 from longshort.io import atomic_write_bytes, atomic_write_text, read_jsonl, write_json
 from longshort.pipeline.compare import ALPHA, outcomes as episode_outcomes, paired, with_interval
 from longshort.pipeline.plan import Plan
-from longshort.pipeline.runner import one_line
+from longshort.pipeline.stages import one_line
 from longshort.pipeline.viewer import write_viewer
 
 TOKEN_REDUCTION_TARGET = 0.80  # Long⊗Short: ≥ 80% fewer tokens than the long-CoT reasoner

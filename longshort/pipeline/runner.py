@@ -8,6 +8,7 @@ fingerprint resumes (every stage's entry point is resumable), another one starts
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -15,8 +16,10 @@ import time
 from typing import Any
 
 from longshort.io import write_json
-from longshort.pipeline.plan import Plan, Stage
-from longshort.pipeline.stages import RUNNERS
+from longshort.pipeline.inputs import Input, check_inputs, inputs
+from longshort.pipeline.plan import Plan, Stage, sealed
+from longshort.pipeline.report import write_report
+from longshort.pipeline.stages import RUNNERS, one_line
 
 DONE, ATTEMPT = "stage.json", "attempt.json"
 
@@ -47,37 +50,38 @@ def prepare(stage: Stage) -> str:
     return how
 
 
-def one_line(name: str, summary: dict[str, Any]) -> str:
-    """A stage's summary in one line for the console."""
-    if "skipped" in summary:
-        return f"skipped: {summary['skipped']}"
-    keys = {
-        "base": ("model_type", "hidden_size", "layers"), "data": ("train", "test"),
-        "reasoner": ("steps", "first_loss", "final_loss"), "sft_long": ("steps", "first_loss", "final_loss"),
-        "sft_short": ("steps", "first_loss", "final_loss"), "analyze": ("traces_scored", "thoughts", "M_mean"),
-        "coldstart": ("traces_out", "important_share", "turns_per_transcript", "compression_ratio"), "rl": ("steps",),
-    }.get(name)
-    if name in ("eval", "benchmarks"):
-        rows = summary.items() if name == "eval" else ((f"{s}/{b}", r) for s, v in summary.items() for b, r in v.items())
-        return "; ".join(f"{s} acc {r['accuracy']:.2f} tok {r['tokens_per_problem']:.0f}" for s, r in rows)
-    if name in ("rl", "rl_length"):
-        last = summary.get("last", {})
-        return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens', float('nan')):.0f}"
-    if name == "export":
-        return f"{summary['out']} (" + ", ".join(f"{r}: vllm {v['vllm']}" for r, v in summary["roles"].items()) + ")"
-    parts = []
-    for k in keys or ():
-        v = summary.get(k)
-        if v is not None:
-            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
-    return ", ".join(parts)
+def status(stage: Stage) -> str:
+    """What a run would do with the stage: `cached`, `resume` (an interrupted attempt at this fingerprint) or `run`."""
+    if cached(stage):
+        return "cached"
+    attempt = _read(stage.dir / ATTEMPT)
+    return "resume" if attempt and attempt.get("fingerprint") == stage.fingerprint and stage.recipe.run.resume == "auto" else "run"
+
+
+def dry_run(plan: Plan) -> list[str]:
+    """`--dry-run`: per stage what a run would do and why, and where each of its inputs is; nothing runs."""
+    lines, n = [], len(plan.stages)
+    by_stage: dict[str, list[Input]] = {}
+    for i in inputs(plan):
+        by_stage.setdefault(i.stage, []).append(i)
+    for k, (name, stage) in enumerate(plan.stages.items(), 1):
+        what = status(stage)
+        why = {"cached": "stage.json has this fingerprint", "resume": "an interrupted attempt at this fingerprint"}.get(what)
+        if why is None:
+            done = _read(stage.dir / DONE)
+            why = "never ran" if done is None else "its recipe or an upstream stage changed"
+        lines.append(f"[{k}/{n}] {name}: {'would run' if what == 'run' else 'would resume' if what == 'resume' else 'cached'}"
+                     f" ({why}; fingerprint {stage.fingerprint}) in {stage.dir}")
+        for i in by_stage.get(name, []):
+            lines.append(f"      {i.key}: {i.where}" + (f" (from stage {i.made_by})" if i.made_by else " (given)"))
+    return lines
 
 
 def run_plan(plan: Plan, progress: bool = True, log: Any = None, until: str | None = None) -> dict[str, Any]:
     """Run every stage in order (skipping cached ones), then write the report card; return the report.
-    With `until`, stop after that stage and return the stage records instead (no report card)."""
-    from longshort.pipeline.report import write_report
-
+    With `until`, stop after that stage and return the stage records instead (no report card).
+    Every input no stage makes is checked first (`check_inputs`): a missing one stops before any work."""
+    check_inputs(plan)
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
@@ -90,7 +94,8 @@ def run_plan(plan: Plan, progress: bool = True, log: Any = None, until: str | No
             how = prepare(stage)
             log(f"[{i}/{n}] {name}: {'resuming' if how == 'resume' else 'running'} in {stage.dir}")
             t0 = time.perf_counter()
-            summary = RUNNERS[name](plan, stage, progress)
+            # the stage runs on its recipe with the sections its fingerprint does not cover sealed (plan.py)
+            summary = RUNNERS[name](plan, dataclasses.replace(stage, recipe=sealed(stage.recipe, name)), progress)
             rec = {"stage": name, "status": "done", "fingerprint": stage.fingerprint, "seconds": time.perf_counter() - t0,
                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
             write_json(stage.dir / DONE, rec)

@@ -200,9 +200,6 @@ def run_benchmarks(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     files: dict[str, str] = stage.extra["files"]
     if not files:
         return {"skipped": "pipeline.benchmarks is empty"}
-    for name, path in files.items():
-        if not Path(path).is_file():
-            raise UserError(f"key 'pipeline.benchmarks.{name}': {path} does not exist")
     final = "long_short_rl" if plan.rl_ran() else "long_short_sft"
     return _evaluate_systems(plan, stage, ["long_cot", final], list(files.items()), progress)
 
@@ -223,6 +220,32 @@ def run_export(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     return {"out": str(out), "roles": {r: {"merged_max_abs_logit_diff": e["verify"]["merged_max_abs_logit_diff"],
                                            "vllm": "ok" if isinstance(e["verify"].get("vllm"), dict) else "skipped"}
                                        for r, e in manifest["roles"].items()}}
+
+
+def one_line(name: str, summary: dict[str, Any]) -> str:
+    """A stage's summary in one line for the console."""
+    if "skipped" in summary:
+        return f"skipped: {summary['skipped']}"
+    keys = {
+        "base": ("model_type", "hidden_size", "layers"), "data": ("train", "test"),
+        "reasoner": ("steps", "first_loss", "final_loss"), "sft_long": ("steps", "first_loss", "final_loss"),
+        "sft_short": ("steps", "first_loss", "final_loss"), "analyze": ("traces_scored", "thoughts", "M_mean"),
+        "coldstart": ("traces_out", "important_share", "turns_per_transcript", "compression_ratio"), "rl": ("steps",),
+    }.get(name)
+    if name in ("eval", "benchmarks"):
+        rows = summary.items() if name == "eval" else ((f"{s}/{b}", r) for s, v in summary.items() for b, r in v.items())
+        return "; ".join(f"{s} acc {r['accuracy']:.2f} tok {r['tokens_per_problem']:.0f}" for s, r in rows)
+    if name in ("rl", "rl_length"):
+        last = summary.get("last", {})
+        return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens', float('nan')):.0f}"
+    if name == "export":
+        return f"{summary['out']} (" + ", ".join(f"{r}: vllm {v['vllm']}" for r, v in summary["roles"].items()) + ")"
+    parts = []
+    for k in keys or ():
+        v = summary.get(k)
+        if v is not None:
+            parts.append(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}")
+    return ", ".join(parts)
 
 
 RUNNERS: dict[str, Callable[[Plan, Stage, bool], dict[str, Any]]] = {
