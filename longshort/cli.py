@@ -17,6 +17,7 @@ COMMANDS = [
     ("model", "model", "Build the tiny model or materialise SmolLM2-135M offline."),
     ("infer", "infer", "Run one protocol on one problem and print the episode."),
     ("eval", "eval", "Evaluate a protocol on benchmarks: accuracy, tokens, budgets."),
+    ("budget", "budget", "Nominal B_seq and B_total of a protocol from its token caps, before anything runs."),
     ("analyze", "analyze", "Thought analysis: chunk traces, Monte-Carlo prefix rollouts, importance scores."),
     ("coldstart", "coldstart", "Synthesize per-role cold-start SFT data from scored thoughts."),
     ("sft", "sft", "Supervised fine-tuning of one role (LoRA or full), resumable."),

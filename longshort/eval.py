@@ -157,6 +157,7 @@ def metrics(eps: list[Episode]) -> dict[str, Any]:
         "tokens_by_role": {r: _mean([ep.tokens_by_role().get(r, 0) for ep in eps]) for r in roles},
         "b_seq": _mean([ep.b_seq for ep in eps]),
         "b_total": _mean([ep.b_total for ep in eps]),
+        "tokens_read": _mean([ep.tokens_read for ep in eps]),
         "turns": _mean([len(ep.turns) for ep in eps]),
         "calls_by_kind": {k: _mean([sum(t.kind == k for t in ep.turns) for ep in eps]) for k in kinds},
         "rethink_rate": (sum(ep.rethinks for ep in eps) / short_turns) if short_turns else 0.0,
@@ -228,8 +229,8 @@ def summary_markdown(summary: dict[str, Any], plot: bool) -> str:
         "",
         "Accuracy is the mean over all problems × K samples (± the standard deviation across the K sample "
         "indices), graded by the one rule of every protocol: the answer in the last \\boxed{} (docs/grading.md); "
-        "`lenient` also accepts a last number and is reported only; B_seq / B_total are mean input+output tokens per episode along the accepted path / over all "
-        "calls (docs/budgets.md).",
+        "`lenient` also accepts a last number and is reported only; B_seq / B_total are mean generated tokens per episode along the critical path "
+        "(each step's longest call) / over all calls (docs/budgets.md).",
     ]
     if plot:
         lines += ["", f"![accuracy against B_seq]({PLOT})"]

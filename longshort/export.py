@@ -167,9 +167,8 @@ class Exporter:
                 raise UserError(f"{acfg_path}: adapter shape {acfg.get('r')}/{acfg.get('lora_alpha')}/"
                                 f"{acfg.get('target_modules')} disagrees with run.json lora {lora}")
             # Reference: float32 base + the exported adapter (and the run's own adapter: must be identical).
-            ref_model = PeftModel.from_pretrained(
-                AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), str(adapter)
-            ).eval()
+            ref_model = PeftModel.from_pretrained(_untied(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32), acfg),
+                                                  str(adapter)).eval()
             ref = self._logits(ref_model, probes)
             _finite(ref, run.final)
             run_model = PeftModel.from_pretrained(
@@ -308,3 +307,16 @@ def push_to_hub(out: Path, repo: str) -> str:
     api.create_repo(repo, private=True, exist_ok=True)
     api.upload_folder(folder_path=str(out), repo_id=repo, commit_message="longshort export")
     return f"https://huggingface.co/{repo}"
+
+
+def _untied(model: Any, adapter_config: dict[str, Any]) -> Any:
+    """`model` with its output head's own copy of the tied embedding when the adapter trains the head: merging a
+    LoRA into a tied `lm_head` would change the input embedding too, and the merged model would not be the one
+    that was trained (the tiny roles put a LoRA on `lm_head` to learn the protocol tags, recipes/tiny)."""
+    import torch
+
+    targets = set(adapter_config.get("target_modules") or [])
+    if getattr(model.config, "tie_word_embeddings", False) and targets & {"lm_head", "embed_tokens"}:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    return model

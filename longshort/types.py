@@ -31,10 +31,11 @@ class Turn:
     finish_reason: str = "stop"  # "stop" | "length" | "abort"
     parent: int = -1  # index of the turn this one continues; -1 = a fresh context
     kind: str = "turn"  # "turn" | "draft" | "distill" | "judge" | "refine" | "rollout"
-    accepted: bool = True  # on the accepted (sequential) path: counts in B_seq
+    accepted: bool = True  # on the accepted path: the calls the final answer drew on (PDR: one draft per round)
     format_ok: bool = True  # the turn obeys its role's tag grammar
     input_tokens: int = 0  # context length the engine read for this call (filled by Episode.add)
     wall_s: float = 0.0  # wall time of the batched call this turn was part of
+    step: int | None = None  # the episode's protocol step (batched engine call) this ran in; same step = side by side
 
     @property
     def output_tokens(self) -> int:
@@ -115,15 +116,37 @@ class Episode:
         return seqs
 
     # -- budgets (docs/budgets.md) --------------------------------------------------------------
+    def critical_path(self) -> list[int]:
+        """The longest chain of calls that ran one after another: per protocol step, its longest call.
+
+        Calls of one step (`Turn.step`, set by `protocols.calls.execute`) ran side by side in one batched engine
+        call, and the next step waited for all of them, so the step lasted as long as its longest generation
+        (whichever draft that is, on the accepted path or not). A turn without a step (episodes written before
+        steps were recorded, turns built by hand) is a step of its own if it is accepted, else not counted.
+        """
+        best: dict[object, int] = {}
+        for i, t in enumerate(self.turns):
+            if t.step is None and not t.accepted:
+                continue
+            key: object = t.step if t.step is not None else ("turn", i)
+            if key not in best or t.output_tokens > self.turns[best[key]].output_tokens:
+                best[key] = i
+        return sorted(best.values())
+
     @property
     def b_seq(self) -> int:
-        """Input + output tokens of the calls on the accepted (sequential) path."""
-        return sum(t.input_tokens + t.output_tokens for t in self.turns if t.accepted)
+        """Tokens generated along the critical path: Σ over protocol steps of the step's longest generation."""
+        return sum(self.turns[i].output_tokens for i in self.critical_path())
 
     @property
     def b_total(self) -> int:
-        """Input + output tokens over every call, discarded drafts and distill/judge calls included."""
-        return sum(t.input_tokens + t.output_tokens for t in self.turns)
+        """Tokens generated over every call: discarded drafts and distill/judge/summary calls included."""
+        return sum(t.output_tokens for t in self.turns)
+
+    @property
+    def tokens_read(self) -> int:
+        """Context tokens the engine read over every call (prompts re-read in full, no prefix-cache credit)."""
+        return sum(t.input_tokens for t in self.turns)
 
     @property
     def generated_tokens(self) -> int:
@@ -138,8 +161,8 @@ class Episode:
 
     @property
     def latency_s(self) -> float:
-        """Wall time along the accepted path (parallel calls in one batch share their wall time)."""
-        return sum(t.wall_s for t in self.turns if t.accepted)
+        """Wall time along the critical path (the calls of one step share their batched call's wall time)."""
+        return sum(self.turns[i].wall_s for i in self.critical_path())
 
     @property
     def rethinks(self) -> int:

@@ -15,7 +15,7 @@ from longshort.types import Episode, Turn, read_episodes
 
 RESULT_FIELDS = {
     "protocol", "benchmark", "problems", "samples", "episodes", "accuracy", "accuracy_lenient", "accuracy_std", "pass_at_k", "maj_at_k",
-    "answered_rate", "tokens_per_problem", "tokens_by_role", "b_seq", "b_total", "turns", "calls_by_kind",
+    "answered_rate", "tokens_per_problem", "tokens_by_role", "b_seq", "b_total", "tokens_read", "turns", "calls_by_kind",
     "rethink_rate", "rethinks_per_episode", "format_failure_rate", "format_failure_episodes", "latency_s",
     "latency_p90_s", "end",
 }
@@ -103,8 +103,10 @@ def test_metrics_hand_checked():
     assert m["format_failure_rate"] == 1 / 9 and m["format_failure_episodes"] == 0.25
     assert m["tokens_by_role"] == {"long": 2.0, "short": 1.25}
     assert m["tokens_per_problem"] == 3.25
-    # episode 0: (3+2) + (4+1)... each turn's input is the prompt only (roots); b_seq = sum of in+out
-    assert m["b_seq"] == m["b_total"] == (5 + 2 + 2 + 5 + 2 + 5 + 2 + 5 + 2) / 4
+    # hand-built turns have no step and are all accepted: each is a step of its own, so B_seq = B_total = generated;
+    # each turn's input is its own prompt (roots): 3 for the long turn, 1 for each short one
+    assert m["b_seq"] == m["b_total"] == m["tokens_per_problem"] == (4 + 3 + 3 + 3) / 4
+    assert m["tokens_read"] == (5 + 4 + 4 + 4) / 4
     assert m["turns"] == 9 / 4
     assert m["latency_s"] == (1.0 + 0.75 * 3) / 4
 

@@ -149,3 +149,23 @@ def test_dry_run_lists_every_stage_and_its_inputs(tmp_path):
     assert "pipeline.benchmarks.math500: ../shared/benchmarks/math500.jsonl (given)" in res.stdout
     assert f"thoughts: {tmp_path}/tiny-quick/analyze/thoughts.jsonl (from stage analyze)" in res.stdout
     assert not (tmp_path / "tiny-quick").exists()
+
+
+def test_a_stage_reads_one_key_of_a_section_without_the_rest(tmp_path):
+    plan = plan_of(quick_data(tmp_path))
+    r = sealed(plan.stages["analyze"].recipe, "analyze")
+    assert r.roles.long.system_prompt  # the one key of `roles` analysis reads (its fingerprint covers it)
+    with pytest.raises(UnreadSection, match="'analyze' read 'roles.long.max_tokens'"):
+        _ = r.roles.long.max_tokens
+    with pytest.raises(UnreadSection, match="'analyze' read 'roles.short'"):
+        _ = r.roles.short
+    assert "roles.long.system_prompt" in readable(plan.stages["analyze"].recipe, "analyze")
+    changed = plan_of(_set(quick_data(tmp_path), "roles.long.max_tokens", 77))
+    assert {n for n in ORDER if changed.stages[n].fingerprint != plan.stages[n].fingerprint} == \
+        {"rl", "rl_length", "eval", "benchmarks", "export"}  # a sampling cap reruns no analysis or SFT
+
+
+def test_vllm_cannot_serve_a_role_with_an_output_head_lora(tmp_path):
+    data = _set(quick_data(tmp_path), "pipeline.eval", {"engine": {"kind": "vllm"}})
+    with pytest.raises(ConfigError, match=r"pipeline.eval: engine.kind vllm .* lm_head .*pipeline.sft_long.sft.lora.target_modules"):
+        plan_of(data)

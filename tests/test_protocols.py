@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from longshort import budget
 from longshort.chat import encode, prompt_text
 from longshort.config import load_recipe
 from longshort.engines.base import Completion, GenRequest
@@ -54,6 +55,9 @@ class ScriptedEngine:
             out.append(comps)
         return out
 
+    def close(self):  # the pipeline's stages close every engine they start
+        pass
+
 
 def recipe(*overrides: str):
     return load_recipe(None, ["engine.max_model_len=1024", *overrides])
@@ -82,7 +86,8 @@ def test_long_cot_one_batched_call_and_budget(tiny_tokenizer):
         (turn,) = ep.turns
         prompt = prompt_text(tok, rc.protocol.system_prompt, row["problem"], [], "base")
         assert turn.input_tokens == n_tokens(tok, prompt)
-        assert ep.b_seq == ep.b_total == n_tokens(tok, prompt) + n_tokens(tok, texts[row["id"]])
+        assert ep.b_seq == ep.b_total == n_tokens(tok, texts[row["id"]])  # generated tokens; reads apart
+        assert ep.tokens_read == n_tokens(tok, prompt) and turn.step == 0
         assert turn.role == "base" and turn.format_ok and turn.accepted
     assert [ep.answer for ep in eps] == ["5", "9"]
     assert [ep.correct for ep in eps] == [True, False]
@@ -154,15 +159,17 @@ def test_long_short_turns_chains_and_budgets(tiny_tokenizer):
 
     # Hand check: each turn's full context is exactly that role's chat view of the transcript so far.
     transcript: list[tuple[str, str]] = []
-    total = 0
+    total = read = 0
     for i, (turn, text) in enumerate(zip(ep1.turns, plan["p1"])):
         prompt = view(tok, rc, P1["problem"], transcript, turn.role)
         assert turn.input_tokens == n_tokens(tok, prompt)
         assert tok.decode(ep1.context_ids(i)[: turn.input_tokens], skip_special_tokens=False) == prompt
         assert turn.text == text and turn.output_tokens == n_tokens(tok, text)
-        total += n_tokens(tok, prompt) + n_tokens(tok, text)
+        total += n_tokens(tok, text)
+        read += n_tokens(tok, prompt)
         transcript.append((turn.role, text))
-    assert ep1.b_seq == ep1.b_total == total
+    assert ep1.b_seq == ep1.b_total == total and ep1.tokens_read == read
+    assert [t.step for t in ep1.turns] == [0, 1, 2, 3]  # one turn per step: all on the critical path
     # prompt_ids of a continuing turn are only the glue + partner turn + header, not the whole context
     assert ep1.turns[2].prompt_ids == encode(tok, view(tok, rc, P1["problem"], transcript[:2], "long")[
         len(view(tok, rc, P1["problem"], [], "long") + plan["p1"][0]):])
@@ -227,7 +234,9 @@ def test_sr_rounds_with_error_analysis(tiny_tokenizer):
     assert [len(c) for c in eng.calls] == [2] * 5  # solve, (analyse, refine) x 2; both problems per call
     assert [t.kind for t in ep1.turns] == ["draft", "judge", "refine", "judge", "refine"]
     assert all(t.parent == -1 and t.accepted for t in ep1.turns)  # fresh contexts, all sequential
-    assert ep1.b_seq == ep1.b_total == sum(t.input_tokens + t.output_tokens for t in ep1.turns)
+    assert [t.step for t in ep1.turns] == [0, 1, 2, 3, 4]
+    assert ep1.b_seq == ep1.b_total == sum(t.output_tokens for t in ep1.turns)
+    assert ep1.tokens_read == sum(t.input_tokens for t in ep1.turns)
     # round 2 sees the problem, round 1's solution and its analysis, and nothing older
     last_prompt = eng.prompts[4][0]
     assert ep1.turns[2].text in last_prompt and ep1.turns[3].text in last_prompt
@@ -287,8 +296,15 @@ def test_pdr_schedule_8_4_1_counts_and_budgets(tiny_tokenizer, mode, distill_cal
         # the sequential path: one draft per round, plus the distill calls that built the workspaces it read
         assert sum(ep.turns[i].kind == "draft" for i in accepted) == 3
         assert sum(ep.turns[i].kind != "draft" for i in accepted) == min(distill_calls, 2)
-        assert ep.b_seq == sum(ep.turns[i].input_tokens + ep.turns[i].output_tokens for i in accepted)
-        assert ep.b_total == sum(t.input_tokens + t.output_tokens for t in ep.turns) > ep.b_seq
+        # B_seq: the critical path, each step's longest call (a round of drafts, a distill step), accepted or not
+        steps = sorted({t.step for t in ep.turns})
+        assert steps == list(range(3 + (2 if distill_calls else 0)))
+        assert ep.b_seq == sum(max(t.output_tokens for t in ep.turns if t.step == s) for s in steps)
+        assert ep.b_total == sum(t.output_tokens for t in ep.turns) > ep.b_seq
+        assert ep.tokens_read == sum(t.input_tokens for t in ep.turns)
+        # measured never exceeds nominal (the caps: `longshort budget`)
+        nominal = budget.nominal("pdr", rc.protocol, rc.roles)
+        assert ep.b_seq <= nominal["b_seq"] and ep.b_total <= nominal["b_total"] and len(ep.turns) == nominal["calls"]
         assert all(t.input_tokens == len(t.prompt_ids) for t in ep.turns)  # fresh contexts
         assert all(w <= 64 for ws in ep.meta["workspace_tokens"] for w in ws)  # κ bound
         assert ep.answer == "5" and ep.correct == (ep.problem_id == "p1")
@@ -308,7 +324,7 @@ def test_pdr_schedule_8_4_1_counts_and_budgets(tiny_tokenizer, mode, distill_cal
 
 
 def test_pdr_hand_checked_budget(tiny_tokenizer):
-    """[2, 1], shared top-1: B_seq = chosen draft + judge + final; B_total adds the other draft."""
+    """[2, 1], shared top-1: B_seq = longer draft + judge + final (generated); B_total every generated token."""
     tok = tiny_tokenizer
     rc = recipe("protocol.pdr_schedule=[2,1]", "protocol.pdr_k=1", "protocol.pdr_distill=shared_topk")
     eng = ScriptedEngine(tok, pdr_script())
@@ -317,18 +333,17 @@ def test_pdr_hand_checked_budget(tiny_tokenizer):
     assert [t.kind for t in ep.turns] == ["draft", "draft", "judge", "draft"]
     assert eng.calls[0][0].params.n == 2  # both first-round drafts from one request
 
-    def cost(prompt: str, text: str) -> int:
-        return n_tokens(tok, prompt) + n_tokens(tok, text)
-
     sys = rc.protocol.system_prompt
     draft_prompt = prompt_text(tok, sys, P1["problem"], [], "long")
     judge_prompt = eng.prompts[1][0]
     final_prompt = eng.prompts[2][0]
     assert d1.text in final_prompt and d0.text not in final_prompt  # the judge chose #1 (the newest)
-    b_seq = cost(draft_prompt, d1.text) + cost(judge_prompt, judge.text) + cost(final_prompt, final.text)
     assert (d1.accepted, judge.accepted, final.accepted, d0.accepted) == (True, True, True, False)
-    assert ep.b_seq == b_seq
-    assert ep.b_total == b_seq + cost(draft_prompt, d0.text)
+    assert [t.step for t in ep.turns] == [0, 0, 1, 2]
+    longer = max(n_tokens(tok, d0.text), n_tokens(tok, d1.text))
+    assert ep.b_seq == longer + n_tokens(tok, judge.text) + n_tokens(tok, final.text)
+    assert ep.b_total == sum(n_tokens(tok, t.text) for t in (d0, d1, judge, final))
+    assert ep.tokens_read == 2 * n_tokens(tok, draft_prompt) + n_tokens(tok, judge_prompt) + n_tokens(tok, final_prompt)
 
 
 def test_pdr_judge_garbage_falls_back_and_is_a_format_failure(tiny_tokenizer):
@@ -338,6 +353,27 @@ def test_pdr_judge_garbage_falls_back_and_is_a_format_failure(tiny_tokenizer):
     judge = next(t for t in ep.turns if t.kind == "judge")
     assert not judge.format_ok
     assert ep.meta["selected"][0]["drafts"] == ep.meta["rounds"][0][:2]  # first k in shown order
+
+
+def test_each_protocol_samples_at_its_own_temperature(tiny_tokenizer):
+    """long_cot at protocol.temperature, SR and PDR at their own keys (every call), which default to it."""
+    from longshort.errors import ConfigError
+
+    def temperatures(name, rc):
+        eng = ScriptedEngine(tiny_tokenizer, pdr_script())
+        run_protocol(name, eng, [P1, P2], rc)
+        return {r.params.temperature for call in eng.calls for r in call}
+
+    own = recipe("protocol.temperature=0.0", "protocol.sr_temperature=0.5", "protocol.pdr_temperature=0.7",
+                 "protocol.pdr_schedule=[2,1]", "protocol.sr_error_analysis=true")
+    assert [temperatures(n, own) for n in ("long_cot", "sr", "pdr")] == [{0.0}, {0.5}, {0.7}]
+    shared = recipe("protocol.temperature=0.3")
+    assert [temperatures(n, shared) for n in ("long_cot", "sr", "pdr")] == [{0.3}] * 3
+    with pytest.raises(ConfigError, match=r"^key 'protocol.pdr_temperature' is 0 \(greedy\): the 2 parallel drafts"):
+        temperatures("pdr", recipe("protocol.pdr_temperature=0", "protocol.pdr_schedule=[2,1]"))
+    with pytest.raises(ConfigError, match=r"key 'protocol.temperature' is 0 \(greedy\) \(protocol.pdr_temperature is null\)"):
+        temperatures("pdr", recipe("protocol.temperature=0", "protocol.pdr_schedule=[2,1]"))
+    assert temperatures("pdr", recipe("protocol.pdr_temperature=0", "protocol.pdr_schedule=[1,1]")) == {0.0}  # one draft: greedy is fine
 
 
 # ---------------------------------------------------------------------------------------------- real engines
@@ -470,5 +506,6 @@ def test_smollm2_long_cot_and_long_short_on_math500(smollm2, benchmarks_dir):
         assert ep.correct in (True, False)
     for ep in ls:
         assert [t.role for t in ep.turns][:2] == ["long", "short"][: len(ep.turns)]
-        assert ep.b_seq == ep.b_total == sum(t.input_tokens + t.output_tokens for t in ep.turns)
+        assert ep.b_seq == ep.b_total == sum(t.output_tokens for t in ep.turns)  # one call per step: all on the path
+        assert ep.tokens_read == sum(t.input_tokens for t in ep.turns)
         assert ep.meta["end"] in ("final", "malformed", "max_turns")

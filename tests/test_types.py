@@ -35,12 +35,30 @@ def test_role_training_sequences_mask_only_own_tokens():
 
 def test_budgets():
     ep = two_role_episode()
-    # B_total = sum(input + output) over calls; B_seq the same over accepted calls only.
-    assert ep.b_total == (3 + 2) + (4 + 1) + (7 + 3) + (6 + 2)
+    # B_total = generated tokens over all calls; reads are counted apart. Turns without a step (built by hand,
+    # or written before steps were recorded) are each a step of their own when accepted: B_seq = B_total here.
+    assert ep.b_total == ep.b_seq == 2 + 1 + 3 + 2
+    assert ep.tokens_read == 3 + 4 + (3 + 2 + 2) + (4 + 1 + 1)
     ep.turns[1].accepted = False
-    assert ep.b_seq == ep.b_total - 5
+    assert ep.b_seq == ep.b_total - 1 and ep.critical_path() == [0, 2, 3]
     assert ep.generated_tokens == 8 and ep.tokens_by_role() == {"long": 5, "short": 3}
     assert ep.rethinks == 1
+
+
+def test_b_seq_is_the_critical_path_whichever_draft_is_longest():
+    """Steps of parallel calls: B_seq takes each step's longest generation, accepted or not."""
+    ep = Episode(problem_id="p", problem="q", gold="1", protocol="pdr")
+    outs = [(0, 5, False), (0, 9, False), (0, 7, True),  # round 1: three drafts, the accepted one is not the longest
+            (1, 2, True),  # judge
+            (2, 4, True)]  # final call
+    for step, n, accepted in outs:
+        ep.add(Turn(role="base", prompt_ids=[1] * 10, completion_ids=[2] * n, text="x", step=step, accepted=accepted, wall_s=0.1 * (step + 1)))
+    assert ep.critical_path() == [1, 3, 4]
+    assert ep.b_seq == 9 + 2 + 4 and ep.b_total == 5 + 9 + 7 + 2 + 4 and ep.tokens_read == 50
+    assert abs(ep.latency_s - (0.1 + 0.2 + 0.3)) < 1e-12
+    ep.turns[1].accepted = ep.turns[2].accepted = False  # acceptance does not move the critical path
+    assert ep.b_seq == 15
+    assert Episode.from_dict(ep.to_dict()).b_seq == 15  # steps survive the JSONL round trip
 
 
 def test_jsonl_roundtrip_is_lossless(tmp_path):

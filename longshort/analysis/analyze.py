@@ -123,6 +123,9 @@ def thought_rows(recipe: Recipe, tokenizer: Any, chunked: list[Chunked], records
                     "n_right": p["n_right"],
                     "n_sum": p["n_sum"],
                     "accuracy_prefix0": prefixes[0]["n_right"] / max(1, prefixes[0]["n_sum"]),
+                    # mean tokens a continuation from this prefix wrote, and how many ran out of room (null: older record)
+                    "rollout_tokens": statistics.fmean(p["tokens"]) if p.get("tokens") else None,
+                    "rollouts_cut": p.get("cut"),
                     **s,
                     "chunker": c.chunker,
                 }
@@ -151,6 +154,7 @@ def summarize(rows: list[dict[str, Any]], counts: dict[str, Any]) -> dict[str, A
         "thoughts_by_type": {k: len(v) for k, v in sorted(by_type.items())},
         "accuracy_full_prefix": statistics.fmean(r["accuracy"] for r in rows if r["index"] == r["n_thoughts"] - 1) if rows else None,
         "accuracy_prefix0": statistics.fmean(r["accuracy_prefix0"] for r in rows if r["index"] == 0) if rows else None,
+        "rollouts_cut": sum(r["rollouts_cut"] or 0 for r in rows),  # continuations that hit analysis.max_tokens (graded wrong)
     }
 
 

@@ -73,17 +73,23 @@ class Known:
 
 
 def compress_rule(text: str, known: Known, final: bool = False) -> str:
-    """Keep the computations that produce a new result; if none, the latest result (nothing in the final turn,
-    where the boxed answer states it); with no computation at all, the first sentence."""
-    new = []
-    for m in EQUATION.finditer(text):
-        lhs, rhs = re.sub(r"\s+", " ", m.group(1)), m.group(2)
-        if rhs not in known.results:
-            new.append(f"{lhs} = {rhs}.")
-        known.results.add(rhs)
-        known.latest = rhs
-    if new:
-        return " ".join(new)
+    """Keep, verbatim, the steps (blank-line-separated lines) that state a new result; drop the ones that only
+    restate known results (re-checks, commuted detours, recaps) or state none (doubts, conclusions). With no new
+    result: the latest one (nothing in the final turn, where the boxed answer states it); with no computation at
+    all, the first sentence. Steps are kept whole, not cut to their equations, because the step's own words
+    (what is added, what is left) are what the next turn continues from: a bare `a + b = c` loses them."""
+    kept = []
+    for step in (s.strip() for s in re.split(r"\n\s*\n|\n", text)):
+        new = False
+        for m in EQUATION.finditer(step):
+            rhs = m.group(2)
+            new = new or rhs not in known.results
+            known.results.add(rhs)
+            known.latest = rhs
+        if new:
+            kept.append(step)
+    if kept:
+        return " ".join(kept)
     if known.latest is not None:
         return "" if final else f"So far {known.latest}."
     first = re.split(r"(?<=[.!?])\s", text.strip(), maxsplit=1)[0]

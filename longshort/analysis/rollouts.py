@@ -87,7 +87,7 @@ def run_rollouts(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """Rollouts for every prefix of every trace; returns ({trace id: record}, counts) and appends to `out_path`.
 
-    A record: id, signature, n, d_y, prefixes [{i, d_prefix, n_right, n_sum, answers}]. Traces whose prompt
+    A record: id, signature, n, d_y, prefixes [{i, d_prefix, n_right, n_sum, answers, tokens, cut}]. Traces whose prompt
     leaves no room to generate under `max_model_len` are skipped and counted (`too_long`).
     """
     from longshort.engines.base import GenRequest, SamplingParams
@@ -130,7 +130,9 @@ def run_rollouts(
             rec = by_trace.setdefault(c.trace.id, {"id": c.trace.id, "signature": sigs[c.trace.id], "n": settings.n, "d_y": d_y, "prefixes": []})
             oks = [next(right) for _ in comps]
             rec["prefixes"].append(
-                {"i": i, "d_prefix": d_prefix, "n_right": sum(oks), "n_sum": len(comps), "answers": [next(answers) for _ in comps]}
+                {"i": i, "d_prefix": d_prefix, "n_right": sum(oks), "n_sum": len(comps), "answers": [next(answers) for _ in comps],
+                 # what each continuation cost, and whether it ran out of room (a cut rollout is graded wrong)
+                 "tokens": [len(x.token_ids) for x in comps], "cut": sum(x.finish_reason == "length" for x in comps)}
             )
             counts["generations"] += len(comps)
         for c in batch:

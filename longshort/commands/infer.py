@@ -73,8 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def format_episode(ep: Any) -> str:
     """The episode as text: each call (role, kind, tokens, finish, format, path), then answer and budgets."""
     lines = [f"problem: {ep.problem}", f"protocol: {ep.protocol}", ""]
+    critical = set(ep.critical_path())
     for i, t in enumerate(ep.turns):
-        flags = ("ok" if t.format_ok else "FORMAT") + ("" if t.accepted else " off-path")
+        flags = ("ok" if t.format_ok else "FORMAT") + ("" if t.accepted else " off-path") + (" critical" if i in critical else "")
         parent = f" <-[{t.parent}]" if t.parent >= 0 else ""
         lines.append(
             f"[{i}] {t.role:5s} {t.kind:7s}{parent} in {t.input_tokens} out {t.output_tokens} "
@@ -87,7 +88,7 @@ def format_episode(ep: Any) -> str:
         "",
         f"answer: {ep.answer}{graded}",
         f"end: {ep.meta.get('end')}  turns: {len(ep.turns)}  rethinks: {ep.rethinks}  format failures: {ep.format_failures}",
-        f"B_seq {ep.b_seq}  B_total {ep.b_total}  generated {ep.generated_tokens} ({roles})  latency {ep.latency_s:.2f}s",
+        f"B_seq {ep.b_seq}  B_total {ep.b_total} ({roles})  read {ep.tokens_read}  latency {ep.latency_s:.2f}s",
     ]
     return "\n".join(lines)
 

@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="Run nothing: check every input, then print per stage whether it would run or is cached "
                         "(its fingerprint against <stage>/stage.json) and where each of its inputs is.")
+    p.add_argument("--until", metavar="STAGE", default=None,
+                   help="Stop after this stage (e.g. coldstart); later stages and the report card are not run.")
     p.add_argument("--check", action="store_true",
                    help="Run nothing: check the resolved plan against the recipe's `# cluster/model/budget:` lines "
                         "(GPUs, CPUs, batch splits, contexts, memory in the resolved dtypes); exit 2 on a problem.")
@@ -66,11 +68,17 @@ def run(args: argparse.Namespace) -> int:
         check_inputs(plan)
         print("\n".join(dry_run(plan)))
         return 0
+    if args.until is not None and args.until not in plan.stages:
+        print(f"longshort pipeline: error: --until {args.until!r} is no stage of this plan: {', '.join(plan.stages)}", file=sys.stderr)
+        return 2
     try:
-        report = run_plan(plan, progress=not args.no_progress)
+        report = run_plan(plan, progress=not args.no_progress, until=args.until)
     except (SyncError, WorkerLost) as e:  # the RL stage stopped on a runtime fault: a rerun resumes it
         print(f"longshort pipeline: error: {e}", file=sys.stderr)
         return 3
+    if args.until is not None:
+        print(json.dumps({"run_dir": str(plan.run_dir), "until": args.until}))
+        return 0
     head = report["headline"]
     print(json.dumps({"run_dir": str(plan.run_dir), "report": str(plan.run_dir / "report.md"),
                       **{k: head[k] for k in ("long_short_system", "token_reduction", "accuracy_delta_points") if k in head}}))

@@ -130,9 +130,32 @@ class ProtocolConfig:
     pdr_k: int = doc("pdr: drafts kept by the top-k / random-k distill modes.", 2)
     system_prompt: str = doc("long_cot/sr/pdr: system prompt of the single solver model.", SOLVER_SYSTEM)
     max_tokens: int = doc("long_cot/sr/pdr: token cap of one generation call.", 512)
-    temperature: float = doc("long_cot/sr/pdr: sampling temperature.", 0.7)
+    temperature: float = doc(
+        "long_cot: sampling temperature (0 = greedy); also sr and pdr unless `sr_temperature` / `pdr_temperature` "
+        "set their own.",
+        0.7,
+    )
+    sr_temperature: float | None = doc("sr: sampling temperature of every SR call; null = `protocol.temperature`.", None)
+    pdr_temperature: float | None = doc(
+        "pdr: sampling temperature of every PDR call (drafts, judges, summaries); null = `protocol.temperature`. "
+        "Must be > 0 when a round makes more than one draft (greedy drafts would all be the same text).",
+        None,
+    )
+
+    def temperature_key(self, protocol: str) -> str:
+        """The key that sets protocol `protocol`'s sampling temperature: its own when set, else `temperature`."""
+        own = f"{protocol}_temperature"
+        return own if getattr(self, own, None) is not None else "temperature"
+
+    def temperature_of(self, protocol: str) -> float:
+        """The sampling temperature of the solver calls of `protocol` (long_cot, sr, pdr)."""
+        return float(getattr(self, self.temperature_key(protocol)))
 
     def __post_init__(self) -> None:
+        for key in ("temperature", "sr_temperature", "pdr_temperature"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"key 'protocol.{key}' must be >= 0 (0 = greedy), got {value}")
         if self.max_turns < 1:
             raise ConfigError(f"key 'protocol.max_turns' must be >= 1, got {self.max_turns}")
         if not self.pdr_schedule or self.pdr_schedule[-1] != 1 or min(self.pdr_schedule) < 1:

@@ -65,7 +65,12 @@ class VLLMEngine:
         return {role: req.lora_path for role, req in self._loras.items()}
 
     def set_adapter(self, role: str, path: str) -> None:
-        rank = int(adapter_config(path).get("r", 0))
+        acfg = adapter_config(path)
+        heads = sorted(set(acfg.get("target_modules") or []) & {"lm_head", "embed_tokens"})
+        if heads:  # vllm 0.32 refuses them for Qwen2/Llama deep inside its worker (EngineDeadError): say it here
+            raise UserError(f"{path}: the adapter has a LoRA on {', '.join(heads)}, which vLLM does not serve for this "
+                            f"model; use engine.kind: hf, or train without {heads[0]} in sft.lora.target_modules")
+        rank = int(acfg.get("r", 0))
         if rank > self.cfg.max_lora_rank:
             raise ConfigError(f"key 'engine.max_lora_rank' ({self.cfg.max_lora_rank}) is below the rank {rank} of {path}")
         old = self._loras.get(role)

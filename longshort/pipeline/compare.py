@@ -5,7 +5,6 @@ differences — and every accuracy carries n and a 95% Wilson interval.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,14 @@ def paired(a: dict[tuple[str, int], tuple[bool, int]], b: dict[tuple[str, int], 
     ta, tb = [float(a[k][1]) for k in keys], [float(b[k][1]) for k in keys]
     acc, acc_ci = paired_bootstrap([float(x) for x in ca], [float(x) for x in cb])
     tok, tok_ci = paired_bootstrap(ta, tb)
-    base_tokens = sum(ta) / len(ta) if ta else math.nan
+    base_tokens = sum(ta) / len(ta) if ta else 0.0
     p = mcnemar_exact(ca, cb)
     return {
         "n_pairs": len(keys),
         "accuracy_delta_points": 100 * acc, "accuracy_delta_ci": [100 * acc_ci[0], 100 * acc_ci[1]], "mcnemar_p": p,
         "tokens_delta": tok, "tokens_delta_ci": list(tok_ci),
         # the reduction's interval treats the baseline's mean as fixed (its own sampling error is not included)
-        "token_reduction": -tok / base_tokens if base_tokens else math.nan,
-        "token_reduction_ci": [-tok_ci[1] / base_tokens, -tok_ci[0] / base_tokens] if base_tokens else [math.nan, math.nan],
+        "token_reduction": -tok / base_tokens if base_tokens else None,
+        "token_reduction_ci": [-tok_ci[1] / base_tokens, -tok_ci[0] / base_tokens] if base_tokens else None,
         "accuracy_significant": p < ALPHA, "tokens_significant": not tok_ci[0] <= 0 <= tok_ci[1],
     }

@@ -12,8 +12,9 @@ The fingerprint hashes every key of the sections the stage can read (all of `run
 and its upstream fingerprints. So a key the fingerprint does not cover is a key the stage cannot read: a stage
 that starts reading a new section fails loudly on its first run (the quick pipeline test runs every stage) instead
 of reusing stale outputs, which is how the hand-kept table once let `protocol.max_turns` reuse old cold-start
-data. The table may only be too wide (a needless rerun), never too narrow. Granularity is the section: changing
-`protocol.pdr_k` also reruns `coldstart`, which reads `protocol.max_turns`. We did not record keys as they are
+data. The table may only be too wide (a needless rerun), never too narrow. Granularity is the section, or a single key
+where a stage reads one key of a section others read whole (`roles.long.system_prompt`): changing `protocol.pdr_k`
+also reruns `coldstart`, which reads `protocol.max_turns`, but changing `roles.long.max_tokens` reruns no analysis. We did not record keys as they are
 read: the entry points dump the whole recipe to `config.yaml` and RL reads it on Ray workers in other processes,
 so a recorder would see everything or miss reads.
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 from longshort.config.loader import build, deep_merge, to_dict
 from longshort.config.recipe import Recipe
+from longshort.errors import ConfigError
 from longshort.pipeline import shipped
 
 # (stage, upstream stages). Order is execution order.
@@ -50,15 +52,17 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-# The recipe sections each stage may read (every stage reads `run`); the others are sealed (module docstring).
+# What each stage may read (every stage reads `run`): a section, or one key of a section as a dotted path
+# (`roles.long.system_prompt`: the reasoner, analysis and role SFT read only the prompt of a role, so a role's
+# sampling caps do not rerun them). Everything else is sealed (module docstring).
 READS: dict[str, tuple[str, ...]] = {
     "base": ("run", "model"),
     "data": ("run", "synthetic", "data"),
-    "reasoner": ("run", "model", "roles", "data", "sft"),
-    "analyze": ("run", "model", "roles", "engine", "data", "synthetic", "analysis"),
+    "reasoner": ("run", "model", "roles.long.system_prompt", "data", "sft"),
+    "analyze": ("run", "model", "roles.long.system_prompt", "engine", "data", "synthetic", "analysis"),
     "coldstart": ("run", "model", "engine", "protocol", "data", "analysis", "coldstart"),
-    "sft_long": ("run", "model", "roles", "data", "sft"),
-    "sft_short": ("run", "model", "roles", "data", "sft"),
+    "sft_long": ("run", "model", "roles.long.system_prompt", "data", "sft"),
+    "sft_short": ("run", "model", "roles.short.system_prompt", "data", "sft"),
     "rl": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
     "rl_length": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
     "eval": ("run", "model", "roles", "engine", "protocol", "data", "evaluation"),
@@ -68,22 +72,24 @@ READS: dict[str, tuple[str, ...]] = {
 
 
 class UnreadSection(AttributeError):
-    """A stage read a recipe section its fingerprint does not cover: add the section to `READS[stage]`."""
+    """A stage read a recipe key its fingerprint does not cover: add it to `READS[stage]`."""
 
 
 _SEALED: dict[type, type] = {}
 
 
 def _sealed_class(cls: type) -> type:
-    """`cls` whose fields raise on reading, except from `to_dict` (the recipe dump every stage writes)."""
+    """`cls` whose fields raise on reading, except those in `_open` and reads from `to_dict` (the recipe dump
+    every stage writes)."""
     if cls not in _SEALED:
         def __getattribute__(self: Any, name: str) -> Any:
             caller = sys._getframe(1)  # to_dict, or its dict comprehension's own frame before Python 3.12
-            if name.startswith("_") or to_dict.__code__ in (caller.f_code, caller.f_back and caller.f_back.f_code):
+            if name.startswith("_") or name in object.__getattribute__(self, "_open") or \
+                    to_dict.__code__ in (caller.f_code, caller.f_back and caller.f_back.f_code):
                 return object.__getattribute__(self, name)
-            stage, section = object.__getattribute__(self, "_sealed_by")
-            raise UnreadSection(f"pipeline stage {stage!r} read '{section}.{name}', but its fingerprint does not cover "
-                                f"section '{section}': add it to READS[{stage!r}] in longshort/pipeline/plan.py")
+            stage, where = object.__getattribute__(self, "_sealed_by")
+            raise UnreadSection(f"pipeline stage {stage!r} read '{where}.{name}', but its fingerprint does not cover "
+                                f"it: add '{where}.{name}' (or its section) to READS[{stage!r}] in longshort/pipeline/plan.py")
 
         def __reduce__(self: Any) -> Any:  # copies and pickles (Ray) rebuild a sealed section
             return _sealed_copy, (cls, dict(object.__getattribute__(self, "__dict__")))
@@ -98,22 +104,40 @@ def _sealed_copy(cls: type, state: dict[str, Any]) -> Any:
     return obj
 
 
+def _seal(obj: Any, where: str, paths: list[str], stage: str) -> Any:
+    """`obj` (the config at dotted path `where`) with only the keys `paths` (relative to it) readable."""
+    if "" in paths:
+        return obj
+    children: dict[str, list[str]] = {}
+    for p in paths:
+        head, _, rest = p.partition(".")
+        children.setdefault(head, []).append(rest)
+    locked = object.__new__(_sealed_class(type(obj)))
+    locked.__dict__.update(obj.__dict__, _sealed_by=(stage, where), _open=frozenset(children))
+    for name, rest in children.items():
+        locked.__dict__[name] = _seal(getattr(obj, name), f"{where}.{name}", rest, stage) if dataclasses.is_dataclass(getattr(obj, name)) else getattr(obj, name)
+    return locked
+
+
 def sealed(recipe: Recipe, stage: str) -> Recipe:
-    """A copy of `recipe` whose sections outside `READS[stage]` are sealed: what stage `stage` runs with."""
+    """A copy of `recipe` whose keys outside `READS[stage]` are sealed: what stage `stage` runs with."""
     out = copy.deepcopy(recipe)
     for f in dataclasses.fields(out):
-        if f.name not in READS[stage]:
-            section = getattr(out, f.name)
-            locked = object.__new__(_sealed_class(type(section)))
-            locked.__dict__.update(section.__dict__, _sealed_by=(stage, f.name))
-            setattr(out, f.name, locked)
+        paths = [r[len(f.name) + 1:] if r != f.name else "" for r in READS[stage] if r == f.name or r.startswith(f.name + ".")]
+        setattr(out, f.name, _seal(getattr(out, f.name), f.name, paths, stage))
     return out
 
 
 def readable(recipe: Recipe, stage: str) -> dict[str, Any]:
-    """Every key of the sections stage `stage` may read: what its fingerprint hashes."""
+    """Every key stage `stage` may read: what its fingerprint hashes."""
     body = to_dict(recipe)
-    return {k: body[k] for k in READS[stage]}
+    out = {}
+    for path in READS[stage]:
+        value = body
+        for part in path.split("."):
+            value = value[part]
+        out[path] = value
+    return out
 
 
 @dataclass
@@ -163,8 +187,9 @@ class Plan:
         return "length_penalty_rl" in self.pipeline.pipeline.systems and self.stages["rl_length"].recipe.rl.steps > 0
 
 
-def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any]) -> dict[str, Any]:
-    """Keys the pipeline sets itself for stage `name`: where its inputs are. They win over the stage overlay."""
+def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+    """Keys the pipeline sets itself for stage `name` (`stage`: its recipe so far, shared sections and overlay):
+    where its inputs are. They win over the stage overlay."""
     p = plan_paths
     solver = shared["protocol"]["system_prompt"]
     on_reasoner = {"model": {"base": p["reasoner"]}}
@@ -187,8 +212,11 @@ def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any]) -> di
         return deep_merge(on_reasoner, {"data": {"train": p["train"]},
                                         "roles": {"long": {"adapter": p["sft_long"]}, "short": {"adapter": p["sft_short"]}}})
     if name == "rl_length":
-        # The single-model baseline: one fresh LoRA adapter on the reasoner, trained through long CoT itself.
-        return deep_merge(on_reasoner, {"data": {"train": p["train"]}, "protocol": {"name": "long_cot", "long_cot_role": "long"},
+        # The single-model baseline: one fresh LoRA adapter on the reasoner, trained through long CoT itself. Its
+        # rollouts sample at the temperature its learner trains at (role long's, as Long⊗Short's RL), not at the
+        # evaluation's `protocol.temperature`: greedy rollouts would make every group identical (zero advantages).
+        rollout = {"name": "long_cot", "long_cot_role": "long", "temperature": stage["roles"]["long"]["temperature"]}
+        return deep_merge(on_reasoner, {"data": {"train": p["train"]}, "protocol": rollout,
                                         "roles": {"long": {"adapter": None}, "short": {"adapter": None}}})
     if name in ("eval", "benchmarks"):
         # long_cot, SR and PDR are the reasoner alone: no role adapter, whatever the shared protocol section says.
@@ -228,12 +256,26 @@ def make_plan(pipeline: Recipe, where: str) -> Plan:
     stages: dict[str, Stage] = {}
     for name, after in STAGES:
         data = deep_merge(shared, overlays.get(name, {}))
-        data = deep_merge(data, _wiring(paths, name, shared))
+        data = deep_merge(data, _wiring(paths, name, shared, data))
         data = deep_merge(data, {"run": {"out_dir": str(run_dir), "name": name}})
         recipe = build(Recipe, data, f"{where}: pipeline.{name}" if name in overlays else where)
+        if name == "eval" and "pdr" in cfg.systems:  # PDR's own refusal, before stage 1 instead of hours into the run
+            from longshort.protocols.pdr import check_sampling
+
+            try:
+                check_sampling(recipe.protocol)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: pipeline.eval (pipeline.systems has pdr): {e}") from None
         stage = Stage(name, after, recipe, extra=extras.get(name, {}))
         blob = json.dumps({"reads": readable(recipe, name), "extra": stage.extra, "after": [stages[a].fingerprint for a in after]},
                           sort_keys=True, default=str)
         stage.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
         stages[name] = stage
+    heads = {role: sorted(set(stages[f"sft_{role}"].recipe.sft.lora.target_modules) & {"lm_head", "embed_tokens"})
+             for role in ("long", "short") if stages[f"sft_{role}"].recipe.sft.mode == "lora"}
+    for name in ("rl", "eval", "benchmarks"):  # vLLM serves no LoRA on the output head: fail now, not at stage 8
+        for role, mods in heads.items():
+            if mods and stages[name].recipe.engine.kind == "vllm":
+                raise ConfigError(f"{where}: pipeline.{name}: engine.kind vllm cannot serve the {role} role's LoRA on "
+                                  f"{mods[0]} (pipeline.sft_{role}.sft.lora.target_modules); set engine.kind: hf for it")
     return Plan(pipeline, run_dir, stages)

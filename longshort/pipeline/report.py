@@ -39,7 +39,7 @@ def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None
     out: dict[str, Any] = {"long_cot": {k: base[k] for k in ("accuracy", "tokens_per_problem", "b_seq")}, "targets": []}
     if ls_name:
         ls = systems[ls_name]
-        red = 1 - ls["tokens_per_problem"] / base["tokens_per_problem"] if base["tokens_per_problem"] else float("nan")
+        red = 1 - ls["tokens_per_problem"] / base["tokens_per_problem"] if base["tokens_per_problem"] else None
         delta = 100 * (ls["accuracy"] - base["accuracy"])
         out.update(long_short_system=ls_name, token_reduction=red, accuracy_delta_points=delta)
         if "long_cot" in outcomes and ls_name in outcomes:
@@ -224,7 +224,7 @@ def markdown(report: dict[str, Any]) -> str:
         + [f"{r['tokens_per_problem']:.1f}", f"{r['b_seq']:.1f}", f"{r['b_total']:.1f}", f"{r['turns']:.2f}"]
         for n, r in report["systems"].items()])
     lines += ["", "## Headline (measured)", ""]
-    if "token_reduction" in head:
+    if head.get("token_reduction") is not None:
         extra = ""
         if "accuracy_delta_ci" in head:
             extra = (f" (tokens {_ci(head['token_reduction_ci'], 100)} %, accuracy {_ci(head['accuracy_delta_ci'])} points, "

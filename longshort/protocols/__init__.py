@@ -49,6 +49,7 @@ def run_protocol(
         roles=recipe.roles,
         max_model_len=recipe.engine.max_model_len,
         seed=recipe.run.seed if seed is None else seed,
+        name=name,
     )
     episodes = new_episodes(name, problems)
     if episodes:

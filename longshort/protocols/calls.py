@@ -3,6 +3,8 @@
 A protocol step collects one `Call` per episode (or several: PDR drafts), sends them all in ONE
 `engine.generate` request list, and records each completion as a `Turn` of its episode. Each turn's
 `wall_s` is the wall time of that whole batched call: the episodes ran side by side, so each waited it.
+Each turn's `step` numbers that call within its episode (0, 1, …): the calls of one episode with the same
+step ran side by side and the next step waited for all of them, which is what B_seq's critical path reads.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Setup:
     roles: RolesConfig
     max_model_len: int  # prompt + completion must fit (engine.max_model_len)
     seed: int = 0
+    name: str = "long_cot"  # the protocol running: which `protocol.<name>_temperature` its solver calls sample at
 
     @property
     def tokenizer(self) -> Any:
@@ -87,6 +90,10 @@ def execute(setup: Setup, calls: list[Call]) -> None:
     wall = time.perf_counter() - start
     if len(results) != len(calls):
         raise RuntimeError(f"engine returned {len(results)} results for {len(calls)} requests")
+    steps: dict[int, int] = {}  # id(episode) -> this call's step in it: one past its latest step
+    for c in calls:
+        if id(c.episode) not in steps:
+            steps[id(c.episode)] = 1 + max((t.step for t in c.episode.turns if t.step is not None), default=-1)
     for c, completions in zip(calls, results):
         for comp in completions:
             turn = Turn(
@@ -99,12 +106,14 @@ def execute(setup: Setup, calls: list[Call]) -> None:
                 parent=c.parent,
                 kind=c.kind,
                 wall_s=wall,
+                step=steps[id(c.episode)],
             )
             c.turns.append(c.episode.add(turn))
 
 
 def solver_call(setup: Setup, episode: Episode, user: str, kind: str, seed: int, n: int = 1, cap: int | None = None) -> Call | None:
-    """A fresh-context call of the single solver model (long_cot, SR, PDR); None if the prompt leaves no room."""
+    """A fresh-context call of the single solver model (long_cot, SR, PDR), sampled at the running protocol's
+    temperature (`ProtocolConfig.temperature_of`); None if the prompt leaves no room."""
     p = setup.protocol
     role = p.long_cot_role
     ids = encode(setup.tokenizer, prompt_text(setup.tokenizer, p.system_prompt, user, [], role))
@@ -112,7 +121,7 @@ def solver_call(setup: Setup, episode: Episode, user: str, kind: str, seed: int,
     if max_tokens < 1:
         return None
     top_p = getattr(setup.roles, role).top_p if role in ("long", "short") else 1.0
-    params = SamplingParams(temperature=p.temperature, top_p=top_p, max_tokens=max_tokens, n=n, seed=seed)
+    params = SamplingParams(temperature=p.temperature_of(setup.name), top_p=top_p, max_tokens=max_tokens, n=n, seed=seed)
     return Call(episode=episode, role=role, prompt_ids=ids, params=params, kind=kind)
 
 

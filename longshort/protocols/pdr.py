@@ -13,10 +13,12 @@ between rounds a distill step rebuilds the workspace from that round's drafts on
 A top-k workspace is the chosen drafts (best first), each cut to its tail so the whole is ≤ κ tokens.
 Judge and summary prompts show every draft, cut to their tails so the prompt fits the engine context.
 
-Budgets (docs/budgets.md): every call is a fresh context. The accepted path runs back from the final
-call: its workspace's distill call (if any), then the first draft that workspace drew on (the judge's
-top pick; by convention the first draft for a summary), that draft's own workspace, and so on to round 0.
-So B_seq counts one draft per round plus the distill calls on that path; B_total counts every call.
+Budgets (docs/budgets.md): every call is a fresh context, and each round and each distill step is one
+protocol step (`Turn.step`). B_seq counts the critical path: per step, its longest generation (whichever
+draft that is); B_total every call's generated tokens. The accepted path (`Turn.accepted`, the answer's
+lineage) runs back from the final call: its workspace's distill call (if any), then the first draft that
+workspace drew on (the judge's top pick; by convention the first draft for a summary), that draft's own
+workspace, and so on to round 0.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from longshort.config.core import ProtocolConfig
 from longshort.errors import ConfigError
 from longshort.grading import extract_answer, extract_boxed
 from longshort.protocols import prompts
@@ -129,13 +132,22 @@ def _distill(setup: Setup, live: list[Episode], drafts: dict[int, list[int]], r:
     return out
 
 
+def check_sampling(protocol: ProtocolConfig) -> None:
+    """Refuse greedy parallel drafts: with more than one draft per round at temperature 0 they would all be the
+    same text. Run by `run` and, before any stage, by the pipeline's plan for a recipe that evaluates `pdr`."""
+    schedule = list(protocol.pdr_schedule)
+    if protocol.temperature_of("pdr") == 0 and max(schedule) > 1:
+        key = protocol.temperature_key("pdr")
+        unset = " (protocol.pdr_temperature is null)" if key == "temperature" else ""
+        raise ConfigError(f"key 'protocol.{key}' is 0 (greedy){unset}: the {max(schedule)} parallel drafts of "
+                          f"protocol.pdr_schedule {schedule} would all be the same text; set protocol.pdr_temperature > 0")
+
+
 def run(setup: Setup, episodes: list[Episode]) -> None:
     p = setup.protocol
     tok = setup.tokenizer
     schedule = list(p.pdr_schedule)
-    if p.temperature == 0 and max(schedule) > 1:
-        raise ConfigError(f"key 'protocol.temperature' is 0 (greedy): the {max(schedule)} parallel drafts of "
-                          f"protocol.pdr_schedule {schedule} would all be the same text; set a temperature > 0")
+    check_sampling(p)
     origin: dict[tuple[int, int], _Workspace] = {}  # (id(episode), draft turn) -> the workspace it read
     workspaces = {id(ep): [_Workspace()] * schedule[0] for ep in episodes}
     live = list(episodes)

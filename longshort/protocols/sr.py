@@ -2,7 +2,7 @@
 
 Round 0 solves the problem; each of `sr_rounds` refinement rounds sees only the problem and the previous
 round's solution (and, with `sr_error_analysis`, an error analysis of it written by a call just before).
-Every call is a fresh context (parent -1) and on the sequential path (accepted), so B_seq == B_total.
+Every call is a fresh context (parent -1), accepted, and a protocol step of its own, so B_seq == B_total.
 The answer is the last \\boxed{} of the final round's solution.
 """
 

@@ -293,7 +293,7 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     solved = [ep for ep in episodes if ep.correct]
     m["accuracy"] = len(solved) / n
     m["tokens"] = sum(ep.generated_tokens for ep in episodes) / n
-    m["tokens_per_solved"] = sum(ep.generated_tokens for ep in solved) / len(solved) if solved else float("nan")
+    m["tokens_per_solved"] = sum(ep.generated_tokens for ep in solved) / len(solved) if solved else None  # null in the log: no solved episode
     m["turns"] = sum(len(ep.turns) for ep in episodes) / n
     m["rethink_rate"] = sum(1 for ep in episodes if ep.rethinks) / n
     m["rethinks"] = sum(ep.rethinks for ep in episodes) / n
@@ -327,7 +327,7 @@ def learner_metrics(stats: dict[str, dict[str, float]]) -> dict[str, float]:
         m[f"{role}/ratio"] = s["ratio"] / tok
         m[f"{role}/grad_norm"] = s["grad_norm"]
         m[f"{role}/lr"] = s["lr"]
-        m[f"{role}/logprob_gap"] = s["gap"] / s["gap_tokens"] if s["gap_tokens"] else float("nan")
+        m[f"{role}/logprob_gap"] = s["gap"] / s["gap_tokens"] if s["gap_tokens"] else None
         m[f"{role}/logprob_gap_max"] = s["gap_max"]
     return m
 
@@ -479,6 +479,6 @@ def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     lines += [f"Precision: learner {p['learner']['resolved']} on {p['learner']['device']}, engine {p['engine']['resolved']} on "
               f"{p['engine']['device']}, sync tolerance {p['sync_tolerance']:g} (precision.json)", ""]
     keys = ["accuracy", "tokens", "tokens_per_solved", "rethink_rate", "long/reward", "short/reward", "long/kl", "short/kl"]
-    lines += ["| metric | last step |", "|---|---|"] + [f"| {k} | {last.get(k, float('nan')):.4g} |" for k in keys if k in last]
+    lines += ["| metric | last step |", "|---|---|"] + [f"| {k} | {'-' if last[k] is None else format(last[k], '.4g')} |" for k in keys if k in last]
     atomic_write_text(run_dir / "summary.md", "\n".join(lines) + "\n")
 

@@ -341,7 +341,7 @@ class Trainer:
             "steps": cfg.steps,
             "seed": self.recipe.run.seed,
             "lora": to_dict(cfg.lora) if cfg.mode == "lora" else None,
-            "role_config": to_dict(role_cfg),
+            "role_config": {"system_prompt": role_cfg.system_prompt},  # all of the role SFT trains with (export reads it)
             "data": str(data_path),
             "counts": dict(counts),
             "rejects": n_rejects,
