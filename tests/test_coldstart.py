@@ -40,7 +40,9 @@ def test_compressor_keeps_new_results_and_drops_redundancy():
     known.read("Start with 3.\n\nAdd 5: 3 + 5 = 8.")
     assert compress_rule("Wait, let me check: 3 + 5 = 8. Yes.\n\nAlternatively, 5 + 3 = 8. Same result.", known) == "So far 8."
     assert compress_rule("Now add 4: 8 + 4 = 12; left: 2.\n\nWait, let me check: 8 + 4 = 12. Yes.", known) == "Now add 4: 8 + 4 = 12; left: 2."
-    assert compress_rule("So far: 3 + 5 + 4 = 12.\n\nSo the answer is 12.", known, final=True) == ""
+    assert compress_rule("So far: 3 + 5 + 4 = 12.\n\nSo the answer is 12.", known, final=True) == "So the answer is 12."
+    assert compress_rule("So far: 3 + 5 + 4 = 12.", known, final=True) == "So far: 3 + 5 + 4 = 12."  # the last step states it
+    assert compress_rule("But wait, should I subtract 4? No.", known, final=True) == ""
     assert compress_rule("Hmm. Let me think about it.", Known()) == "Hmm."
 
 

@@ -74,19 +74,22 @@ class Known:
 
 def compress_rule(text: str, known: Known, final: bool = False) -> str:
     """Keep, verbatim, the steps (blank-line-separated lines) that state a new result; drop the ones that only
-    restate known results (re-checks, commuted detours, recaps) or state none (doubts, conclusions). With no new
+    restate known results (re-checks, commuted detours, recaps) or state none (doubts), except that the final turn
+    keeps the trace's last step when it states the latest result (the conclusion). With no new
     result: the latest one (nothing in the final turn, where the boxed answer states it); with no computation at
     all, the first sentence. Steps are kept whole, not cut to their equations, because the step's own words
     (what is added, what is left) are what the next turn continues from: a bare `a + b = c` loses them."""
     kept = []
-    for step in (s.strip() for s in re.split(r"\n\s*\n|\n", text)):
+    steps = [s.strip() for s in re.split(r"\n\s*\n|\n", text)]
+    for k, step in enumerate(steps):
         new = False
         for m in EQUATION.finditer(step):
             rhs = m.group(2)
             new = new or rhs not in known.results
             known.results.add(rhs)
             known.latest = rhs
-        if new:
+        concludes = final and k == len(steps) - 1 and known.latest is not None and re.search(rf"(?<![\d.]){re.escape(known.latest)}(?!\.?\d)", step)
+        if new or concludes:  # the final turn keeps the trace's last step when it states the answer \boxed{} repeats
             kept.append(step)
     if kept:
         return " ".join(kept)
