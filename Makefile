@@ -1,9 +1,10 @@
-# longshort — `make demo` runs the main job, `make test` runs the suite. Both set up .venv first.
+# longshort — `make demo` runs the main job, `make test` runs the suite (`test-fast`, `test-integration`: the tiers
+# below it, README "Test tiers"). All set up .venv first.
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-fast test-integration demo bench clean
 
 setup: $(STAMP)
 
@@ -12,8 +13,17 @@ $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 	touch $(STAMP)
 
+# The whole suite (CI): every tier.
 test: setup
 	$(PY) -m pytest -q tests
+
+# Test tiers (tests/conftest.py derives each test's tier from the fixtures it uses): unit tests only, no engine, no
+# training; then everything but the slow tier (adds real vLLM/HF engines, SFT/RL training, Ray).
+test-fast: setup
+	$(PY) -m pytest -q -m unit tests
+
+test-integration: setup
+	$(PY) -m pytest -q -m "unit or integration" tests
 
 # The whole Long⊗Short pipeline on the embedded tiny model; a rerun reuses finished stages (docs/pipeline.md).
 # DEMO_ARGS adds options or key=value overrides, e.g. DEMO_ARGS=--quick.

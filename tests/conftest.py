@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import types
 
 import pytest
 
@@ -171,3 +172,75 @@ def pipeline_quick(tmp_path_factory, benchmarks_dir):
     res = run_pipeline_quick(*args)
     assert res.returncode == 0, res.stderr[-4000:]
     return out / "tiny-quick", args
+
+
+# --- test tiers: unit / integration / slow, derived from what each test uses (docs: README "Test tiers") ------
+# `make test-fast` runs `-m unit`, `make test-integration` `-m "unit or integration"`, `make test` everything.
+# A test gets exactly one tier. An explicit `@pytest.mark.unit|integration|slow` (or a module `pytestmark`) wins;
+# otherwise the tier follows the fixtures in its closure, so a new test needs no table entry:
+#   slow         uses a fixture of SLOW_FIXTURES (the quick pipeline, the reference RL run, SmolLM2, a two-node Ray
+#                cluster), lives in tests/reliability/ (crash/fault/bad-input trials on the real CLI), or allows
+#                itself a timeout of >= SLOW_TIMEOUT_S (`@pytest.mark.timeout(300)`: its author expects minutes);
+#   integration  uses a real engine or Ray (ENGINE_FIXTURES, also through `request.getfixturevalue(f"{kind}_engine")`
+#                with a parametrized `kind`), or hands the tiny model's weights to something other than its
+#                tokenizer (MODEL_FIXTURES requested by the test or by a fixture other than `tiny_tokenizer`:
+#                generation, SFT/RL training, export), or imports vllm/ray at module level;
+#   unit         everything else: pure Python/torch on small inputs, the tokenizer, CLI argument checks.
+TIERS = ("unit", "integration", "slow")
+SLOW_FIXTURES = {"pipeline_quick", "rl_straight_run", "smollm2", "two_nodes"}
+ENGINE_FIXTURES = {"vllm_engine", "hf_engine", "ray_cluster"}
+MODEL_FIXTURES = {"tiny_model", "tiny_adapters", "make_adapter"}
+TOKENIZER_ONLY = {"tiny_tokenizer"}  # requests tiny_model, reads only its tokenizer files
+ENGINE_MODULES = {"vllm", "ray"}
+SLOW_TIMEOUT_S = 120
+RELIABILITY = os.path.join(REPO, "tests", "reliability")
+
+
+def _requesters(item) -> dict[str, set[str]]:
+    """fixture name -> what requests it in this test's closure ("<test>" for the test function itself)."""
+    info = getattr(item, "_fixtureinfo", None)  # a pytest Function's; other items request no fixtures
+    if info is None:
+        return {}
+    by: dict[str, set[str]] = {name: {"<test>"} for name in info.argnames}
+    for name, defs in info.name2fixturedefs.items():
+        for arg in defs[-1].argnames:
+            by.setdefault(arg, set()).add(name)
+    return by
+
+
+def derive_tier(item) -> tuple[str, str]:
+    """(tier, reason) from what the test uses; see the comment above."""
+    used = set(getattr(item, "fixturenames", ()))
+    if used & SLOW_FIXTURES:
+        return "slow", "fixture " + ", ".join(sorted(used & SLOW_FIXTURES))
+    if str(item.path).startswith(RELIABILITY + os.sep):
+        return "slow", "tests/reliability/"
+    timeout = item.get_closest_marker("timeout")
+    if timeout and timeout.args and isinstance(timeout.args[0], (int, float)) and timeout.args[0] >= SLOW_TIMEOUT_S:
+        return "slow", f"timeout({timeout.args[0]})"
+    if used & ENGINE_FIXTURES:
+        return "integration", "fixture " + ", ".join(sorted(used & ENGINE_FIXTURES))
+    callspec = getattr(item, "callspec", None)
+    for value in (callspec.params.values() if callspec else ()):
+        if isinstance(value, str) and f"{value}_engine" in ENGINE_FIXTURES:
+            return "integration", f"parametrized engine {value}_engine"
+    requesters = _requesters(item)
+    for name in sorted(MODEL_FIXTURES & used):
+        if requesters.get(name, set()) - TOKENIZER_ONLY:
+            return "integration", f"fixture {name} (model weights)"
+    module = getattr(item, "module", None)
+    imported = {v.__name__.split(".")[0] for v in vars(module).values() if isinstance(v, types.ModuleType)} if module else set()
+    if imported & ENGINE_MODULES:
+        return "integration", "imports " + ", ".join(sorted(imported & ENGINE_MODULES))
+    return "unit", "no engine, training or model weights"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        explicit = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(explicit) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: more than one test tier marker: {sorted(explicit)}")
+        if not explicit:
+            tier, _ = derive_tier(item)
+            item.add_marker(tier)

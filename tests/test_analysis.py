@@ -130,6 +130,7 @@ def test_rollouts_record_every_prefix_and_resume(vllm_engine, tmp_path):
 # -- end to end -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # no fixture says so: `analyze` builds the tiny model and rolls out on the HF engine
 def test_analyze_then_coldstart_end_to_end(tmp_path):
     from longshort.analysis.analyze import analyze
     from longshort.analysis.coldstart import check_transcript, coldstart

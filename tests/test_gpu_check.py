@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_check.py"
 GPU_IMAGE = ["torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "pyarrow"]
@@ -68,6 +70,7 @@ def test_the_script_imports_neither_vllm_nor_ray():
     assert names and not names & {"vllm", "ray"}
 
 
+@pytest.mark.integration  # no fixture says so: the script trains (SFT, an RL update), generates and exports
 def test_small_mode_runs_on_this_cpu_with_only_the_gpu_images_packages(tmp_path):
     out = tmp_path / "results.json"
     t0 = time.perf_counter()

@@ -38,6 +38,7 @@ def test_resolve_base_rejects_missing_dir(tmp_path):
         resolve_base(str(tmp_path / "nope"), tmp_path, TinyModelConfig())
 
 
+@pytest.mark.slow  # no fixture says so: materialises and runs the real 135M model in the test body
 def test_smollm2_materialised_offline(tmp_path):
     out = tmp_path / "smol"
     r = subprocess.run([sys.executable, "-m", "longshort.cli", "model", "smollm2-135m", "--out", str(out)],
