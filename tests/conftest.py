@@ -174,6 +174,18 @@ def pipeline_quick(tmp_path_factory, benchmarks_dir):
     return out / "tiny-quick", args
 
 
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: the suite shares 2 cores, and training tests stall when each oversubscribes
+    them (results do not depend on the thread count). Modules opt in with `pytestmark = usefixtures(...)`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # --- test tiers: unit / integration / slow, derived from what each test uses (docs: README "Test tiers") ------
 # `make test-fast` runs `-m unit`, `make test-integration` `-m "unit or integration"`, `make test` everything.
 # A test gets exactly one tier. An explicit `@pytest.mark.unit|integration|slow` (or a module `pytestmark`) wins;

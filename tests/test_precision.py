@@ -23,12 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 SFT_RECIPE = REPO / "recipes" / "tiny" / "sft_long.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- resolution -------------------------------------------------------------------------------------------

@@ -20,15 +20,7 @@ SAMPLES = REPO / "data" / "samples" / "transcripts.jsonl"
 RECIPE = REPO / "recipes" / "tiny" / "sft_long.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The suite shares 2 cores; one torch thread avoids oversubscription stalls (results do not depend on it)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rows(path: Path) -> list[dict]:

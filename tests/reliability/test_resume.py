@@ -21,14 +21,7 @@ SFT_RECIPE = str(REPO / "recipes" / "tiny" / "sft_long.yaml")
 TORN = '{"step": 99, "loss": 0.12'  # half a row, as a SIGKILL mid-append leaves it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the suite shares 2 cores; results do not depend on the thread count
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tear(*logs: Path) -> None:
