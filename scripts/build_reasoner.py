@@ -97,6 +97,7 @@ def main() -> int:
         "trained_with_commit": args.reuse_commit or commit,
         "training": shipped.training_settings(stage.recipe), "synthetic": dataclasses.asdict(stage.recipe.synthetic),
         "data_fingerprint": shipped.data_fingerprint(plan.train_file), "train_rows": info["counts"].get("train"),
+        "precision": info.get("precision"),  # the build machine's choice (bf16 autocast or not): recorded, not checked
         "steps": info["steps"], "first_loss": m["first_loss"], "final_loss": m["final_loss"], "eval_loss": m.get("eval_loss"),
         "held_out": {"n": n, "accuracy": row["accuracy"], "accuracy_ci": [lo, hi], "tokens_per_problem": row["tokens_per_problem"],
                      "protocol": "long_cot", "temperature": recipe.protocol.temperature, "max_tokens": recipe.protocol.max_tokens,

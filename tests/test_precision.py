@@ -31,7 +31,9 @@ def test_auto_follows_the_measured_cpu_matmul():
     probe = cpu_matmul_probe()
     assert probe is cpu_matmul_probe()  # measured once per process
     assert probe["float32_ms"] > 0 and probe["bfloat16_ms"] > 0
-    assert probe["bf16_speedup"] == pytest.approx(probe["float32_ms"] / probe["bfloat16_ms"], rel=1e-2)
+    # the speedup is recorded to 3 decimals: on an AVX2-only CPU it is ~0.02 (bf16 emulated), where rel=1e-2 is
+    # finer than the rounding
+    assert probe["bf16_speedup"] == pytest.approx(probe["float32_ms"] / probe["bfloat16_ms"], rel=1e-2, abs=6e-4)
     assert resolve_dtype("auto", "cpu") == cpu_choice(probe["bf16_speedup"])
     # this project's machines: AMX/AVX512-BF16 (bf16 faster) and emulated bf16 (~14x slower), and the margin
     assert cpu_choice(1.8) == "bfloat16" and cpu_choice(1 / 14) == "float32" and cpu_choice(BF16_MIN_SPEEDUP * 0.99) == "float32"

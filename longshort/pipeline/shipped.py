@@ -25,7 +25,10 @@ SHIPPED = Path(__file__).resolve().parents[2] / "data" / "reasoner" / "tiny"
 MANIFEST = "manifest.json"
 # SFT keys that cannot change the trained weights: where the data is (its content is fingerprinted instead) and
 # how often to log, evaluate and save.
-NOT_SHAPING = ("data", "eval_every", "save_every", "keep_checkpoints")
+# Keys that do not make the reasoner another one: bookkeeping, and `bf16`, the build machine's precision choice (a
+# CPU with AMX trains 1.8x faster in bf16 autocast, one with AVX2 only runs bf16 matmul ~50x slower; the manifest
+# records what the shipped build used).
+NOT_SHAPING = ("data", "eval_every", "save_every", "keep_checkpoints", "bf16")
 
 
 def sha256(path: Path) -> str:
@@ -79,7 +82,8 @@ def install(recipe: Any, train_file: Path, out: Path, folder: Path = SHIPPED) ->
     """Check the shipped reasoner against the stage recipe and its data, copy it to `out`; return its manifest."""
     manifest = read_manifest(folder)
     hint = " (set pipeline.reasoner_source: train to train a reasoner for this recipe)"
-    diff = _first_difference(manifest["training"], training_settings(recipe), "")
+    built = {**manifest["training"], "sft": {k: v for k, v in manifest["training"].get("sft", {}).items() if k not in NOT_SHAPING}}
+    diff = _first_difference(built, training_settings(recipe), "")
     if diff:
         raise UserError(f"{folder}: the shipped reasoner was trained with other settings: {diff}{hint}")
     if data_fingerprint(train_file) != manifest["data_fingerprint"]:
