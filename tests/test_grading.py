@@ -374,7 +374,7 @@ def test_cli_grade_bad_input(tmp_path, lines, where):
 
 def test_worker_module_runs_standalone():
     """The worker protocol itself: one JSON line in, one verdict line out (what the pool relies on)."""
-    proc = subprocess.run([sys.executable, "-m", "longshort.grading", "--worker"], input='["0.5", "\\\\frac12", 4]\n',
+    proc = subprocess.run([sys.executable, "-m", "longshort.grading_workers", "--worker"], input='["0.5", "\\\\frac12", 4]\n',
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0
     assert proc.stdout.splitlines() == ["ready", "[true, \"\"]"]
