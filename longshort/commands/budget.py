@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import typing
 
 from longshort.commands.common import add_recipe_arguments
+from longshort.config.core import ProtocolConfig
 
-DISTILL_MODES = ("global_summary", "shared_topk", "per_sample_topk", "random_k")
+DISTILL_MODES = typing.get_args(typing.get_type_hints(ProtocolConfig)["pdr_distill"])  # the config's own list
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
