@@ -45,7 +45,9 @@ def load_benchmarks(recipe: Any) -> list[Benchmark]:
     for name in cfg.protocols or [recipe.protocol.name]:
         if name not in PROTOCOLS:
             raise UserError(f"key 'evaluation.protocols': unknown protocol '{name}' (choose from {', '.join(PROTOCOLS)})")
-    return [load_benchmark(b, path=cfg.path, split=cfg.split, limit=cfg.limit) for b in cfg.benchmarks]
+    # `data.fields` maps the columns of your own file (evaluation.path), never those of the known sources
+    return [load_benchmark(b, path=cfg.path, split=cfg.split, limit=cfg.limit, fields=recipe.data.fields if cfg.path else None)
+            for b in cfg.benchmarks]
 
 
 def evaluate(engine: Any, recipe: Any, model: str, adapters: dict[str, str], progress: bool = True,

@@ -166,8 +166,9 @@ def validated(
             k = key(row) if key else None
             if k is not None and k in seen:
                 first = seen[k]
-                same_file = first.rpartition(":")[0] == where.rpartition(":")[0]
-                raise ValueError(duplicate(k, "line " + first.rpartition(":")[2] if same_file else first))
+                file, _, at = first.rpartition(":")
+                same_file = file == where.rpartition(":")[0]  # "line 3", or "row 3" of a table
+                raise ValueError(duplicate(k, (f"line {at}" if at.isdigit() else at) if same_file else first))
         except ValueError as e:
             if on_error == "skip" and rejects is not None:
                 rejects.add(where, str(e))

@@ -11,9 +11,14 @@ import json
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longshort.config.core import TinyModelConfig
-from longshort.errors import UserError
+from longshort.errors import ConfigError, UserError
+from longshort.types import ROLES
+
+if TYPE_CHECKING:
+    from longshort.config.recipe import Recipe
 
 # Tags of the protocols: single tokens, kept in decoded text (not "special", so stop strings see them).
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "</rethink>"]
@@ -165,6 +170,18 @@ def resolve_base(base: str, run_dir: Path, tiny: TinyModelConfig, seed: int = 0,
             build_tiny(path, tiny, seed)
         return check_model_dir(path, key)
     return check_model_dir(Path(base), key, trust_remote_code)
+
+
+def resolve_served(recipe: Recipe) -> tuple[str, dict[str, str]]:
+    """What a recipe serves: the base model directory (`resolve_base` of `model.base`) and the role adapters
+    {role: `roles.<role>.adapter`} that are set, each checked to be a PEFT adapter before the base is built or loaded."""
+    adapters = {role: getattr(recipe.roles, role).adapter for role in ROLES if getattr(recipe.roles, role).adapter}
+    for role, path in adapters.items():
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise ConfigError(f"key 'roles.{role}.adapter': {path} is not a PEFT adapter directory (no adapter_config.json)")
+    model = str(resolve_base(recipe.model.base, recipe.run_dir, recipe.model.tiny, recipe.run.seed,
+                             trust_remote_code=recipe.model.trust_remote_code))
+    return model, adapters
 
 
 def _safetensors_header(path: Path) -> dict[str, list[int]]:

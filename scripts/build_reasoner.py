@@ -43,8 +43,8 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from longshort.config import load_recipe
+    from longshort.engines import start_engine
     from longshort.eval import evaluate
-    from longshort.commands.infer import start_engine
     from longshort.io import write_json
     from longshort.pipeline import shipped
     from longshort.pipeline.plan import make_plan

@@ -9,7 +9,8 @@ import pytest
 from longshort.analysis.chunk import chunk_rule
 from longshort.analysis.rollouts import RolloutSettings, run_rollouts, token_bounds
 from longshort.data.synthetic import generate
-from longshort.data.traces import Trace, read_traces, sample_traces
+from longshort.analysis.sample import sample_traces
+from longshort.data.traces import Trace, read_traces
 from longshort.engines.base import SamplingParams
 from longshort.errors import DataError
 from longshort.io import Rejects
@@ -59,7 +60,7 @@ def test_read_traces_parquet_and_datasets_folder(tmp_path):
     assert len(read_traces(tmp_path / "ds", limit=2)) == 2
     bad = datasets.Dataset.from_list([{"id": "x", "problem": "p", "answer": "1", "response": " "}])
     bad.to_parquet(str(tmp_path / "bad.parquet"))
-    with pytest.raises(DataError, match=r"bad\.parquet:row 0: field 'response' is empty"):
+    with pytest.raises(DataError, match=r"bad\.parquet:row 1: field 'response' is empty"):
         read_traces(tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="file not found"):
         read_traces(tmp_path / "missing.jsonl")

@@ -200,7 +200,7 @@ def test_pipeline_check_command(capsys):
 
 def test_gsm8k_solutions_become_traces_the_pipeline_reads(tmp_path):
     """`longshort data traces gsm8k` (the smoke recipe's train file): rows the `files` task reads as traces."""
-    from longshort.commands.data import solution_traces
+    from longshort.data.benchmarks import solution_traces
     from longshort.data.traces import read_traces
     from longshort.io import Rejects, write_jsonl
 

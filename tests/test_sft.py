@@ -43,22 +43,24 @@ def test_mask_marks_exactly_own_turns_token_by_token(tiny_tokenizer, viewer):
     tok = tiny_tokenizer
     row = next(r for r in rows(SAMPLES) if r["id"] == "hm-002")  # 4 turns: long, short(rethink), long, short
     system = f"system prompt of {viewer}"
-    examples, counts, _ = load_examples(SAMPLES, tok, viewer, system, max_length=4096)
+    stop = getattr(load_recipe(None).roles, viewer).stop  # the role's stop strings: each turn of hm-002 ends in one
+    examples, counts, _ = load_examples(SAMPLES, tok, viewer, system, max_length=4096, stop=stop)
     ex = next(e for e in examples if e.id == "hm-002")
     # Independent reference: the chat-template render, and the character spans of the viewer's own turns
-    # (content + the end-of-turn marker the model must learn to emit).
+    # (content only: a stop string ends each, so the engine stops there and `<|im_end|>\n` is chat glue).
+    assert all(any(t["text"].endswith(s) for s in stop) for t in row["turns"] if t["role"] == viewer)
     msgs = [{"role": "system", "content": system}, {"role": "user", "content": row["problem"]}]
     msgs += [{"role": "assistant" if t["role"] == viewer else "user", "content": t["text"]} for t in row["turns"]]
     rendered = tok.apply_chat_template(msgs, tokenize=False)
-    assert tok.decode(ex.input_ids) == rendered
     own, partner, cursor = [], [], 0
     for t in row["turns"]:
         start = rendered.index(t["text"], cursor)
         cursor = start + len(t["text"])
         if t["role"] == viewer:
-            own.append((start, cursor + len("<|im_end|>\n")))
+            own.append((start, cursor))
         else:
             partner.append((start, cursor))
+    assert tok.decode(ex.input_ids) == rendered[: own[-1][1]]  # the view up to the role's last generated token
     offset = 0
     for i, (tid, m) in enumerate(zip(ex.input_ids, ex.mask)):
         piece = tok.decode([tid])
@@ -68,7 +70,7 @@ def test_mask_marks_exactly_own_turns_token_by_token(tiny_tokenizer, viewer):
         assert m == int(inside_own), f"token {i} {piece!r} at {span}: mask {m}"
         if any(a <= span[0] < b for a, b in partner):
             assert m == 0, f"partner token {i} {piece!r} is trainable"
-    # One trainable run per own turn, decoding to exactly that turn + end-of-turn.
+    # One trainable run per own turn, decoding to exactly that turn.
     runs, cur = [], []
     for tid, m in zip(ex.input_ids, ex.mask):
         if m:
@@ -78,7 +80,7 @@ def test_mask_marks_exactly_own_turns_token_by_token(tiny_tokenizer, viewer):
             cur = []
     if cur:
         runs.append(cur)
-    assert [tok.decode(r) for r in runs] == [t["text"] + "<|im_end|>\n" for t in row["turns"] if t["role"] == viewer]
+    assert [tok.decode(r) for r in runs] == [t["text"] for t in row["turns"] if t["role"] == viewer]
     assert counts["examples"] == 16 and counts["rows"] == 16
 
 
@@ -91,7 +93,11 @@ def test_trace_rows_target_role_and_bad_rows(tiny_tokenizer, tmp_path):
     ex, counts, _ = load_examples(f, tiny_tokenizer, "long", "sys", 512)
     assert [e.id for e in ex] == ["t1"] and counts["skipped_other_target_role"] == 1
     own = [t for t, m in zip(ex[0].input_ids, ex[0].mask) if m]
-    assert tiny_tokenizer.decode(own) == good_trace["response"] + "<|im_end|>\n"
+    # no stop strings (a role served like the long-CoT reasoner): it ends its turn itself, so `<|im_end|>` is its own
+    # token; the newline the template renders after it is glue (the engine stops on `<|im_end|>`)
+    assert tiny_tokenizer.decode(own) == good_trace["response"] + "<|im_end|>"
+    (stopped,), _, _ = load_examples(f, tiny_tokenizer, "long", "sys", 512, stop=["</think>"])
+    assert tiny_tokenizer.decode([t for t, m in zip(stopped.input_ids, stopped.mask) if m]) == good_trace["response"]
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(good_trace) + "\n" + '{"id": "x", "problem": "p", "turns": [{"role": "medium", "text": "a"}]}\n'

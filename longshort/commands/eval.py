@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from longshort.commands.common import name_list
-from longshort.commands.infer import PROTOCOL_NAMES, add_model_arguments, recipe_and_model, start_engine
+from longshort.commands.infer import PROTOCOL_NAMES, add_model_arguments, recipe_and_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", help=f"Protocol(s), comma-separated ({', '.join(PROTOCOL_NAMES)}); default: protocol.name.")
-    p.add_argument("--benchmarks", help="Comma-separated benchmarks (default: evaluation.benchmarks).")
-    p.add_argument("--path", help="Local JSONL/Parquet copy of the (single) benchmark.")
+    p.add_argument("--benchmarks", help="Comma-separated benchmarks (default: evaluation.benchmarks); with --path, any name.")
+    p.add_argument("--path", help="Local JSONL/Parquet/`datasets` copy of the (single) benchmark (columns: data.fields).")
     p.add_argument("--split", help="Benchmark split (default: its test split).")
     p.add_argument("--limit", type=int, help="First N problems of each benchmark.")
     p.add_argument("--samples", type=int, help="K episodes per problem (accuracy = mean over the K).")
@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from longshort.config.evaluation import EvalConfig
+    from longshort.engines import start_engine
     from longshort.errors import ConfigError
     from longshort.eval import evaluate, load_benchmarks, out_dir, summary_markdown
 

@@ -23,11 +23,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def recipe_and_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, str]]:
     """The recipe with the command-line flags applied, the base model directory and the adapters to serve."""
-    from pathlib import Path
-
+    from longshort.commands.common import finite
     from longshort.config import load_recipe
-    from longshort.errors import ConfigError
-    from longshort.models import resolve_base
+    from longshort.config.loader import MAX_INT
+    from longshort.models import resolve_served
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.model:
@@ -39,27 +38,9 @@ def recipe_and_model(args: argparse.Namespace) -> tuple[Any, str, dict[str, str]
     if args.engine:
         recipe.engine.kind = args.engine
     if args.seed is not None:
-        from longshort.commands.common import finite
-        from longshort.config.loader import MAX_INT
-
         recipe.run.seed = int(finite("--seed", args.seed, 0, MAX_INT))  # type: ignore[arg-type]
-    adapters = {role: getattr(recipe.roles, role).adapter for role in ("long", "short") if getattr(recipe.roles, role).adapter}
-    for role, path in adapters.items():  # before the model is built or loaded
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise ConfigError(f"key 'roles.{role}.adapter': {path} is not a PEFT adapter directory (no adapter_config.json)")
-    model = str(resolve_base(recipe.model.base, recipe.run_dir, recipe.model.tiny, recipe.run.seed,
-                             trust_remote_code=recipe.model.trust_remote_code))
+    model, adapters = resolve_served(recipe)
     return recipe, model, adapters
-
-
-def start_engine(recipe: Any, model: str, adapters: dict[str, str], log_level: str = "WARNING") -> Any:
-    import os
-
-    from longshort.engines import make_engine
-
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", log_level)  # keep the output readable; set it to INFO to debug
-
-    return make_engine(recipe.engine.kind, model, recipe.engine, adapters, recipe.run.seed)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +76,7 @@ def format_episode(ep: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from longshort.commands.common import text_arg
+    from longshort.engines import start_engine
     from longshort.protocols import run_protocol
 
     text_arg("--problem", args.problem)

@@ -12,7 +12,8 @@ from longshort.errors import ConfigError
 @dataclass
 class AnalyzeConfig:
     traces: str | None = doc(
-        "Traces {id, problem, answer, response} (JSONL, Parquet or a `datasets` folder); null = `data.train`; "
+        "Traces {id, problem, answer, response} (JSONL, Parquet or a `datasets` folder; columns mapped by `data.fields`, "
+        "TRL `messages` rows too); null = `data.train`; "
         "if that is null too, the synthetic task is generated into `<run_dir>/synthetic/` and its train split used.",
         None,
     )

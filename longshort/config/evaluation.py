@@ -10,9 +10,16 @@ from longshort.errors import ConfigError
 
 @dataclass
 class EvalConfig:
-    benchmarks: list[str] = doc("Benchmarks to evaluate (math500, aime24, aime25, amc23, gsm8k, ...).", factory=lambda: ["math500"])
-    path: str | None = doc("A local JSONL/Parquet copy of the benchmark (only with a single benchmark).", None)
-    split: str | None = doc("Benchmark split; null = the benchmark's test split.", None)
+    benchmarks: list[str] = doc(
+        "Benchmarks to evaluate (math500, aime24, aime25, amc23, gsm8k, ...); with `path`, any name (your own benchmark).",
+        factory=lambda: ["math500"],
+    )
+    path: str | None = doc(
+        "A local copy of the benchmark, JSONL, Parquet or a `datasets` folder, its columns mapped by `data.fields` "
+        "(only with a single benchmark).",
+        None,
+    )
+    split: str | None = doc("Benchmark split (also: which split of a DatasetDict `path`); null = the benchmark's test split.", None)
     limit: int | None = doc("Evaluate only the first N problems of each benchmark; null = all.", None)
     samples: int = doc("K: episodes per problem; accuracy is the mean over all K samples.", 1)
     protocols: list[str] = doc("Protocols to evaluate, each on every benchmark; empty = [protocol.name].", factory=list)

@@ -43,7 +43,9 @@ class SFTConfig:
         "`lora`: train a PEFT LoRA adapter on a frozen base; `full`: all parameters (the paper's cold start).", "lora"
     )
     data: str | None = doc(
-        "Transcripts JSONL (see data/schemas/transcript.md); null = `data.train`.", None
+        "Transcripts or traces (see data/schemas/transcript.md): JSONL, Parquet or a `datasets` folder, columns mapped by "
+        "`data.fields`, TRL `messages` rows too; null = `data.train`.",
+        None,
     )
     steps: int = doc("Optimizer steps; the data loops over epochs (reshuffled per epoch from the seed) as needed.", 100)
     batch_size: int = doc("Sequences per micro-batch per device.", 4)

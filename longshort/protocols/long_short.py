@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from longshort.chat import encode, prompt_text
+from longshort.chat import continuation, encode, prompt_text
 from longshort.engines.base import SamplingParams
 from longshort.grading import extract_answer
 from longshort.protocols.calls import Call, Setup, execute, room, seed_for
@@ -43,15 +43,16 @@ def _continuation(setup: Setup, ep: Episode, st: _State, role: str, prompt: str)
     """(parent, prompt_ids) of `role`'s next turn: the diff from its previous full sequence, or a fresh root.
 
     The previous sequence is the previous prompt string + the previous completion decoded WITH its
-    special tokens (an eos the model emitted is part of the sequence). If the new prompt string does not
-    extend it (a chat template that rewrites earlier turns), the turn starts a new root with the full prompt.
+    special tokens (an eos the model emitted is part of the sequence; `chat.continuation`, which SFT chains
+    its examples with too). If the new prompt string does not extend it (a chat template that rewrites
+    earlier turns), the turn starts a new root with the full prompt.
     """
     tok = setup.tokenizer
     if role in st.last:
         parent, previous_prompt = st.last[role]
-        done = previous_prompt + tok.decode(ep.turns[parent].completion_ids, skip_special_tokens=False)
-        if prompt.startswith(done):
-            return parent, encode(tok, prompt[len(done):])
+        ids = continuation(tok, previous_prompt, ep.turns[parent].completion_ids, prompt)
+        if ids is not None:
+            return parent, ids
     return -1, encode(tok, prompt)
 
 

@@ -20,8 +20,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from longshort.config.recipe import Recipe
+from longshort.data.rows import read_rows
 from longshort.errors import ConfigError, DataError, UserError
-from longshort.io import Rejects, append_jsonl, atomic_write_text, read_jsonl, validated, write_json
+from longshort.io import Rejects, append_jsonl, atomic_write_text, validated, write_json
 from longshort.rl import checkpoint
 from longshort.run import open_run
 from longshort.run.checkpoint import restore_rng, resume
@@ -47,7 +48,8 @@ FREE = tuple(f"rl.{k}" for k in ("steps", "checkpoint_every", "keep_checkpoints"
 def resume_settings(recipe: Recipe) -> dict[str, Any]:
     """The settings an RL checkpoint's state depends on: every key the stage reads except `FREE` (the engine's
     settings change how rollouts are computed, not the learner's state)."""
-    keys = ("run.seed", "model", "roles", "protocol", "data.train", "data.on_error", "synthetic", "rl")
+    keys = ("run.seed", "model", "roles", "protocol", "data.train", "data.on_error", *recipe.data.resume_keys(),
+            "synthetic", "rl")
     return settings(recipe, keys, FREE)
 
 
@@ -207,7 +209,8 @@ def _lost(step: int, learner: LearnerGroup, pool: RolloutPool | None, ckpt_root:
 
 # -- data -----------------------------------------------------------------------------------------
 def load_problems(recipe: Recipe) -> list[dict[str, Any]]:
-    """Training problems {id, problem, answer}: `data.train` (JSONL; `problem`/`question`, `answer`), else the synthetic task."""
+    """Training problems {id, problem, answer}: `data.train` (JSONL, Parquet or a `datasets` folder, read by
+    `longshort.data.rows` with `data.fields`; `problem`/`question`, `answer`), else the synthetic task."""
     if recipe.data.train is None:
         from longshort.data.synthetic import generate, split
 
@@ -224,7 +227,9 @@ def load_problems(recipe: Recipe) -> list[dict[str, Any]]:
             raise ValueError("a problem row needs non-empty 'problem' (or 'question') and 'answer'")
         return {"id": str(row.get("id", row.get("idx", n))), "problem": problem, "answer": _answer(row, False)}
 
-    records = ((f"{recipe.data.train}:{n}", (n, row)) for n, row in read_jsonl(recipe.data.train, recipe.data.on_error, rejects))
+    found = read_rows(recipe.data.train, fields=recipe.data.fields, split=recipe.data.split, on_error=recipe.data.on_error,
+                      rejects=rejects)
+    records = ((found.where(n), (n, row)) for n, row in found)
     # a repeated id would merge two problems into one advantage group
     rows = [r for _, r in validated(records, problem_row, recipe.data.on_error, rejects, key=lambda r: r["id"])]
     if len(rejects):

@@ -2,8 +2,11 @@
 
 A transcript row is `{"id", "problem", "gold", "turns": [{"role": "long"|"short", "text"}, ...]}` (optionally
 `"target_role"`); a plain long-CoT trace `{"id", "problem", "answer"|"gold", "response"}` is a one-turn transcript
-whose turn belongs to the trained role. The view is rendered by `longshort.chat.tokenize_view`, so the training
-sequence is exactly what the engine sees when the role generates.
+whose turn belongs to the trained role, and so is a TRL-style `messages` row (its user message the problem, its
+last assistant message the response). Rows come from `longshort.data.rows` (JSONL, Parquet or a `datasets`
+folder, with the `data.fields` mapping); a row without an id gets `<file stem>-<line or row>`. The view is rendered by `longshort.chat.tokenize_view`, so the training
+sequence is exactly what the engine sees when the role generates, and its mask is RL's: 1 on exactly the tokens
+the role generates (its turns' text, and the end-of-turn token only where no stop string ended the turn; docs/sft.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from longshort.chat import tokenize_view
-from longshort.io import Rejects, read_jsonl, validated
+from longshort.data.rows import read_rows
+from longshort.io import Rejects, validated
 from longshort.types import ROLES
 
 
@@ -77,16 +81,24 @@ def load_examples(
     system_prompt: str,
     max_length: int,
     on_error: Literal["raise", "skip"] = "raise",
+    fields: Any = None,
+    split: str | None = None,
+    stop: Sequence[str] = (),
 ) -> tuple[list[Example], Counter, Rejects]:
-    """Read a transcripts file into `role`'s examples. Malformed rows raise DataError(file:line) or go to rejects."""
+    """Read a transcripts file (JSONL, Parquet or a `datasets` folder; `fields` maps your columns to ours) into
+    `role`'s examples. Malformed rows raise DataError(file:line or file:row N) or go to rejects. `stop` = the role's
+    stop strings (`roles.<role>.stop`): a turn ending in one was stopped there, so its end-of-turn token is context."""
     rejects = Rejects()
     counts: Counter = Counter()
     examples: list[Example] = []
+    found = read_rows(path, fields=fields, split=split, on_error=on_error, rejects=rejects)
 
     def records():
-        for n, row in read_jsonl(path, on_error, rejects):
+        for n, row in found:
             counts["rows"] += 1
-            yield f"{path}:{n}", (f"{path}:{n}", row)
+            if "id" not in row or isinstance(row["id"], int) and not isinstance(row["id"], bool):
+                row = {**row, "id": str(row.get("id", f"{found.name}-{n}"))}
+            yield found.where(n), (found.where(n), row)
 
     rows = validated(records(), lambda r: parse_row(r[1], r[0], role), on_error, rejects,
                      key=lambda parsed: None if isinstance(parsed, str) else parsed[0])
@@ -95,7 +107,7 @@ def load_examples(
             counts[f"skipped_{parsed}"] += 1
             continue
         rid, problem, turns = parsed
-        ids, mask = tokenize_view(tokenizer, system_prompt, problem, turns, viewer=role)
+        ids, mask = tokenize_view(tokenizer, system_prompt, problem, turns, viewer=role, stop=stop)
         if len(ids) > max_length:
             counts["truncated"] += 1
             ids, mask = ids[:max_length], mask[:max_length]

@@ -41,7 +41,8 @@ FREE = ("sft.steps", "sft.eval_every", "sft.save_every", "sft.keep_checkpoints",
 
 def resume_settings(recipe: Recipe) -> dict[str, Any]:
     """The settings an SFT checkpoint's state depends on: every key this stage reads, except `FREE`."""
-    keys = ("run.seed", "model", "data.train", "data.on_error", f"roles.{recipe.sft.role}.system_prompt", "sft")
+    keys = ("run.seed", "model", "data.train", "data.on_error", *recipe.data.resume_keys(),
+            f"roles.{recipe.sft.role}.system_prompt", f"roles.{recipe.sft.role}.stop", "sft")
     return settings(recipe, keys, FREE)
 
 
@@ -80,7 +81,7 @@ class Trainer:
     def _data_path(self) -> Path:
         path = self.cfg.data or self.recipe.data.train
         if not path:
-            raise ConfigError("key 'sft.data' (or 'data.train') must name a transcripts JSONL file")
+            raise ConfigError("key 'sft.data' (or 'data.train') must name a transcripts file (JSONL, Parquet or a `datasets` folder)")
         return Path(path)
 
     def _build_model(self, base: Path, resume_from: Path | None) -> Any:
@@ -163,7 +164,8 @@ class Trainer:
         tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
         data_path = self._data_path()
         examples, counts, rejects = load_examples(
-            data_path, tokenizer, cfg.role, role_cfg.system_prompt, cfg.max_length, recipe.data.on_error
+            data_path, tokenizer, cfg.role, role_cfg.system_prompt, cfg.max_length, recipe.data.on_error,
+            fields=recipe.data.fields, split=recipe.data.split, stop=role_cfg.stop,
         )
         if main:
             rejects.write(run_dir / "rejects.jsonl")
@@ -341,7 +343,8 @@ class Trainer:
             "steps": cfg.steps,
             "seed": self.recipe.run.seed,
             "lora": to_dict(cfg.lora) if cfg.mode == "lora" else None,
-            "role_config": {"system_prompt": role_cfg.system_prompt},  # all of the role SFT trains with (export reads it)
+            # all of the role SFT trains with (export reads it): the stop strings decide which end-of-turn tokens are trained
+            "role_config": {"system_prompt": role_cfg.system_prompt, "stop": list(role_cfg.stop)},
             "data": str(data_path),
             "counts": dict(counts),
             "rejects": n_rejects,
