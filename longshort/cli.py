@@ -28,7 +28,10 @@ COMMANDS = [
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    from longshort import __version__
+
     parser = argparse.ArgumentParser(prog="longshort", description="Long⊗Short co-reasoning and improvement operators.")
+    parser.add_argument("--version", action="version", version=f"longshort {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     modules = {}
     for name, mod, help_ in COMMANDS:

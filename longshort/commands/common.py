@@ -9,7 +9,7 @@ from longshort.config import Recipe, load_recipe
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--recipe", required=required, help="YAML recipe (see recipes/).")
+    p.add_argument("--recipe", "--config", dest="recipe", required=required, help="YAML recipe (see recipes/); --config is the same flag.")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Recipe overrides, dotted keys (sft.lr=1e-4).")
 
 

@@ -244,3 +244,17 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
         else:
             rows.append((prefix + f.name, _type_name(tp), f.metadata.get("help", "")))
     return rows
+
+
+def defaults(cls: type, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: default value} for every field that has one, recursing into sections (as `describe` lists them)."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(defaults(hints[f.name], prefix + f.name + "."))
+        elif f.default is not dataclasses.MISSING:
+            out[prefix + f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[prefix + f.name] = f.default_factory()
+    return out
