@@ -82,3 +82,35 @@ def test_cli_config_show_and_errors(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
     missing = subprocess.run(CLI + ["config", "show", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "recipe not found" in missing.stderr
+
+
+def test_recipe_paths_resolve_next_to_the_recipe_then_the_working_directory(tmp_path, monkeypatch):
+    """A recipe copied out of the repository keeps working: its relative input paths are looked up next to it
+    first (here the data and a pipeline overlay's traces), then in the working directory (here a file that only
+    exists there), and keywords (`model.base: tiny`) and outputs (`run.out_dir`) are left alone."""
+    from longshort.config import load_recipe
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    (home / "rows.parquet").write_bytes(b"")
+    (home / "traces.jsonl").write_text("")
+    (work / "test.jsonl").write_text("")
+    (home / "r.yaml").write_text(
+        "model: {base: tiny}\nrun: {out_dir: runs}\ndata: {train: rows.parquet, test: test.jsonl}\n"
+        "pipeline:\n  analyze: {analysis: {traces: traces.jsonl}}\n  benchmarks: {mine: rows.parquet, gone: nowhere.jsonl}\n"
+    )
+    monkeypatch.chdir(work)
+    r = load_recipe(str(home / "r.yaml"), ["sft.data=rows.parquet"])
+    assert r.data.train == str(home / "rows.parquet")
+    assert r.data.test == "test.jsonl"  # not next to the recipe: the working directory's
+    assert r.pipeline.analyze["analysis"]["traces"] == str(home / "traces.jsonl")
+    assert r.pipeline.benchmarks == {"mine": str(home / "rows.parquet"), "gone": "nowhere.jsonl"}
+    assert r.model.base == "tiny" and r.run.out_dir == "runs"
+    assert r.sft.data == "rows.parquet"  # a command-line override is the working directory's, as typed
+
+
+def test_repository_recipes_resolve_as_before():
+    from longshort.config import load_recipe
+
+    r = load_recipe("recipes/tiny/pipeline.yaml")
+    assert r.pipeline.benchmarks["math500"] == "../shared/benchmarks/math500.jsonl" and r.model.base == "tiny"

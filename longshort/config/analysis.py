@@ -16,14 +16,16 @@ class AnalyzeConfig:
         "TRL `messages` rows too); null = `data.train`; "
         "if that is null too, the synthetic task is generated into `<run_dir>/synthetic/` and its train split used.",
         None,
+        path=True,
     )
     max_traces: int | None = doc("Analyse at most this many traces (the first ones); null = all.", None)
     model: str | None = doc(
         "Reasoning model that continues the prefixes (a local HF dir); null = `model.base` (the tiny base is built "
         "in the run dir: untrained, so its scores are noise - fine for a smoke run).",
         None,
+        path=True,
     )
-    adapter: str | None = doc("Optional PEFT LoRA adapter of the reasoner (served as role `reasoner`); null = the model itself.", None)
+    adapter: str | None = doc("Optional PEFT LoRA adapter of the reasoner (served as role `reasoner`); null = the model itself.", None, path=True)
     system_prompt: str | None = doc(
         "System prompt of the reasoner's chat prompt; must match how the reasoner was trained. null = "
         "`roles.long.system_prompt` (what `longshort sft` with sft.role long uses for one-turn trace rows).",

@@ -11,7 +11,7 @@ from longshort.errors import ConfigError
 
 @dataclass
 class ColdstartConfig:
-    thoughts: str | None = doc("Scored thoughts of `longshort analyze`; null = `<run_dir>/thoughts.jsonl`.", None)
+    thoughts: str | None = doc("Scored thoughts of `longshort analyze`; null = `<run_dir>/thoughts.jsonl`.", None, path=True)
     select: Literal["threshold", "topk"] = doc(
         "Which thoughts are important (long turns, verbatim): `threshold` (score >= `threshold`) or `topk` (the "
         "`top_k` best of each trace).",
@@ -26,7 +26,7 @@ class ColdstartConfig:
         "result (else the latest result); `llm` prompts `rewriter_model` to compress them, validated, rule fallback.",
         "rule",
     )
-    rewriter_model: str | None = doc("llm rewriter: model dir; null = `analysis.model`, else `model.base`. Also the tokenizer for the statistics.", None)
+    rewriter_model: str | None = doc("llm rewriter: model dir; null = `analysis.model`, else `model.base`. Also the tokenizer for the statistics.", None, path=True)
     rewriter_max_tokens: int = doc("llm rewriter: token cap of one compressed run.", 128)
     max_turns: int | None = doc(
         "Most turns per transcript (long + short); later runs are folded into the final short turn. null = `protocol.max_turns`.", None

@@ -36,7 +36,7 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    base: str = doc("Base model: a local HF directory, or `tiny` to build the embedded tiny model in the run.", "tiny")
+    base: str = doc("Base model: a local HF directory, or `tiny` to build the embedded tiny model in the run.", "tiny", path=True)
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = doc(
         "Base weights dtype of the SFT and RL learners (LoRA parameters and optimizer state stay float32). `auto`: "
         "bfloat16 on CUDA; on CPU bfloat16 only where a measured matmul runs clearly faster than float32, else "
@@ -50,7 +50,7 @@ class ModelConfig:
 @dataclass
 class RoleConfig:
     system_prompt: str = doc("System prompt of this role (chat template's system turn).", "")
-    adapter: str | None = doc("Path of this role's LoRA adapter (PEFT dir); null = the base model itself.", None)
+    adapter: str | None = doc("Path of this role's LoRA adapter (PEFT dir); null = the base model itself.", None, path=True)
     max_tokens: int = doc("Token cap of one turn of this role.", 256)
     temperature: float = doc("Sampling temperature of this role (0 = greedy).", 0.0)
     top_p: float = doc("Nucleus sampling of this role.", 1.0)

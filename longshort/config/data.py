@@ -40,8 +40,9 @@ class DataConfig:
         "Training problems/traces: JSONL (.jsonl/.json), Parquet (.parquet) or a `datasets` folder (save_to_disk); "
         "null = the stage's default.",
         None,
+        path=True,
     )
-    test: str | None = doc("Held-out problems (JSONL, Parquet or a `datasets` folder).", None)
+    test: str | None = doc("Held-out problems (JSONL, Parquet or a `datasets` folder).", None, path=True)
     split: str | None = doc(
         "Split to read when a path is a DatasetDict folder (save_to_disk of several splits); null = `train`.", None
     )

@@ -18,6 +18,7 @@ class EvalConfig:
         "A local copy of the benchmark, JSONL, Parquet or a `datasets` folder, its columns mapped by `data.fields` "
         "(only with a single benchmark).",
         None,
+        path=True,
     )
     split: str | None = doc("Benchmark split (also: which split of a DatasetDict `path`); null = the benchmark's test split.", None)
     limit: int | None = doc("Evaluate only the first N problems of each benchmark; null = all.", None)

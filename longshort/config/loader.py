@@ -30,13 +30,52 @@ MISSING = dataclasses.MISSING
 MAX_INT = 2**31 - 1
 
 
-def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
-    """A dataclass field with a help string (shown by `longshort config keys`)."""
+def doc(help: str, default: Any = MISSING, *, factory: Any = MISSING, path: bool = False, recipe: bool = False) -> Any:
+    """A dataclass field with a help string (shown by `longshort config keys`).
+
+    `path`: the value is an input path (or a mapping of names to paths); a relative one is looked up next to the
+    recipe file first, then in the working directory (`anchor_paths`). `recipe`: the value holds recipe sections
+    (a pipeline stage's overlay), whose paths are anchored the same way.
+    """
+    meta = {"help": help, "path": path, "recipe": recipe}
     if factory is not MISSING:
-        return dataclasses.field(default_factory=factory, metadata={"help": help})
+        return dataclasses.field(default_factory=factory, metadata=meta)
     if default is MISSING:
-        return dataclasses.field(metadata={"help": help})
-    return dataclasses.field(default=default, metadata={"help": help})
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+KEYWORDS = ("tiny",)  # values of path keys that name no path (`model.base: tiny` builds the embedded model)
+
+
+def _anchor(value: Any, folder: Path) -> Any:
+    """`value` next to the recipe file when it is a relative path that exists there, else unchanged (the working
+    directory then resolves it, as before); mappings of names to paths are anchored value by value."""
+    if isinstance(value, dict):
+        return {k: _anchor(v, folder) for k, v in value.items()}
+    if not isinstance(value, str) or not value or value in KEYWORDS or Path(value).is_absolute():
+        return value
+    there = folder / value
+    return str(there) if there.exists() else value
+
+
+def anchor_paths(cls: type, data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A copy of recipe mapping `data` (shaped as dataclass `cls`) with its input paths anchored at `folder`."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        if f.name not in out:
+            continue
+        value, tp = out[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            out[f.name] = anchor_paths(tp, value, folder)
+        elif f.metadata.get("path"):
+            out[f.name] = _anchor(value, folder)
+        elif f.metadata.get("recipe") and isinstance(value, dict):
+            from longshort.config.recipe import Recipe  # a stage overlay is shaped as a whole recipe
+
+            out[f.name] = anchor_paths(Recipe, value, folder)
+    return out
 
 
 def _type_name(tp: Any) -> str:
@@ -157,8 +196,9 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML mapping; `base: other.yaml` (relative to this file) is merged underneath."""
+def read_yaml(path: Path, _seen: tuple[Path, ...] = (), schema: type | None = None) -> dict[str, Any]:
+    """Read a YAML mapping; `base: other.yaml` (relative to this file) is merged underneath. With `schema` (the
+    dataclass the mapping describes), each file's input paths are anchored at that file's folder (`anchor_paths`)."""
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}" + (f" (the 'base' of {_seen[-1]})" if _seen else ""))
     real = path.resolve()
@@ -186,7 +226,9 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: key 'base': expected a path string, got {base!r}")
-        data = deep_merge(read_yaml(path.parent / base, (*_seen, real)), data)
+        data = deep_merge(read_yaml(path.parent / base, (*_seen, real), schema), anchor_paths(schema, data, path.parent) if schema else data)
+    elif schema is not None:
+        data = anchor_paths(schema, data, path.parent)
     return data
 
 

@@ -36,25 +36,27 @@ class PipelineConfig:
         "recipe's rows with this stage's settings and that its files match their sha256.",
         "train",
     )
-    reasoner: dict[str, Any] = doc("Recipe sections for stage `reasoner` (e.g. `sft: {steps: 400}`).", factory=dict)
-    analyze: dict[str, Any] = doc("Recipe sections for stage `analyze` (thought chunking, MC rollouts, metric M).", factory=dict)
-    coldstart: dict[str, Any] = doc("Recipe sections for stage `coldstart` (per-role cold-start transcripts).", factory=dict)
-    sft_long: dict[str, Any] = doc("Recipe sections for stage `sft_long` (LoRA SFT of the long role on the reasoner).", factory=dict)
-    sft_short: dict[str, Any] = doc("Recipe sections for stage `sft_short` (LoRA SFT of the short role on the reasoner).", factory=dict)
-    rl: dict[str, Any] = doc("Recipe sections for stage `rl` (multi-turn RL of both roles from the SFT adapters).", factory=dict)
+    reasoner: dict[str, Any] = doc("Recipe sections for stage `reasoner` (e.g. `sft: {steps: 400}`).", factory=dict, recipe=True)
+    analyze: dict[str, Any] = doc("Recipe sections for stage `analyze` (thought chunking, MC rollouts, metric M).", factory=dict, recipe=True)
+    coldstart: dict[str, Any] = doc("Recipe sections for stage `coldstart` (per-role cold-start transcripts).", factory=dict, recipe=True)
+    sft_long: dict[str, Any] = doc("Recipe sections for stage `sft_long` (LoRA SFT of the long role on the reasoner).", factory=dict, recipe=True)
+    sft_short: dict[str, Any] = doc("Recipe sections for stage `sft_short` (LoRA SFT of the short role on the reasoner).", factory=dict, recipe=True)
+    rl: dict[str, Any] = doc("Recipe sections for stage `rl` (multi-turn RL of both roles from the SFT adapters).", factory=dict, recipe=True)
     rl_length: dict[str, Any] = doc(
         "Recipe sections for stage `rl_length`, merged over `pipeline.rl`: the single-model baseline "
         "`length_penalty_rl`, one fresh LoRA adapter on the reasoner RL-trained through long CoT with a length "
         "penalty (Kimi k1.5 / L1 style) for the same steps, problems and samples as Long⊗Short's RL.",
         factory=lambda: {"rl": {"rewards": {"correct": 1.0, "format": 0.0, "length": 1.0, "synergy": 0.0}}},
+        recipe=True,
     )
-    eval: dict[str, Any] = doc("Recipe sections for stage `eval` (every system on the held-out split).", factory=dict)
+    eval: dict[str, Any] = doc("Recipe sections for stage `eval` (every system on the held-out split).", factory=dict, recipe=True)
     benchmarks: dict[str, str] = doc(
         "Stage `benchmarks`: real benchmark files evaluated with the final models, name -> JSONL path "
         "(e.g. math500: ../shared/benchmarks/math500.jsonl); empty = skip the stage.",
         factory=dict,
+        path=True,
     )
-    benchmark_eval: dict[str, Any] = doc("Recipe sections for stage `benchmarks` (limit, samples, protocol caps).", factory=dict)
+    benchmark_eval: dict[str, Any] = doc("Recipe sections for stage `benchmarks` (limit, samples, protocol caps).", factory=dict, recipe=True)
     systems: list[str] = doc(
         "Systems compared on the held-out split: long_cot (the reasoner alone), long_short_sft, long_short_rl "
         "(Long⊗Short, arXiv 2505.11827), length_penalty_rl (one adapter, RL with a length penalty), sr and pdr (the reasoner under Sequential Refinement / Parallel-Distill-"

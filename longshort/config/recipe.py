@@ -40,7 +40,7 @@ class Recipe:
 
 def load_recipe(path: str | None, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe (or none: all defaults), apply `key=value` overrides, validate."""
-    data = read_yaml(Path(path)) if path else {}
+    data = read_yaml(Path(path), schema=Recipe) if path else {}  # a recipe's paths: next to it, then the working dir
     where = str(path) if path else "defaults"
     if overrides:
         data = apply_overrides(data, overrides)

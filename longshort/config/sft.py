@@ -46,6 +46,7 @@ class SFTConfig:
         "Transcripts or traces (see data/schemas/transcript.md): JSONL, Parquet or a `datasets` folder, columns mapped by "
         "`data.fields`, TRL `messages` rows too; null = `data.train`.",
         None,
+        path=True,
     )
     steps: int = doc("Optimizer steps; the data loops over epochs (reshuffled per epoch from the seed) as needed.", 100)
     batch_size: int = doc("Sequences per micro-batch per device.", 4)
