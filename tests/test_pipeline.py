@@ -117,3 +117,26 @@ def test_bad_stage_key_is_one_line(tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "pipeline.rl" in lines[0] and "'rl.lrr'" in lines[0] and "Traceback" not in res.stderr
+
+
+def test_files_task_reads_the_users_columns(tmp_path):
+    """`pipeline.task: files` reads data.train / data.test with data.fields, as every other reader of rows does."""
+    import json
+
+    from longshort.cli import main
+
+    rows = [{"q": f"What is {i} + 1?", "final": str(i + 1), "gen": f"<think>\n{i} + 1 = {i + 1}\n</think>\n\\boxed{{{i + 1}}}"}
+            for i in range(4)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps({"q": r["q"], "final": r["final"]}) + "\n" for r in rows[:2]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"run: {{name: files, out_dir: {tmp_path / 'runs'}}}\nmodel: {{base: tiny}}\n"
+        "data: {train: train.jsonl, test: test.jsonl, fields: {problem: q, answer: final, response: gen}}\n"
+        "pipeline: {task: files, train_reasoner: false}\n")
+    assert main(["pipeline", "--recipe", str(recipe), "--until", "data", "--no-progress"]) == 0
+    out = tmp_path / "runs" / "files" / "data"
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    assert [t["problem"] for t in train] == [r["q"] for r in rows] and train[2]["answer"] == "3"
+    assert train[0]["response"].startswith("<think>") and [t["answer"] for t in test] == ["1", "2"]

@@ -37,3 +37,38 @@ def test_batches_carry_role_advantages_and_token_normalisers():
     r2 = load_recipe(None, ["rl.loss_agg=token_sum_norm", "roles.long.max_tokens=10"])
     _, norms2 = build_batches(eps, ["long"], r2)
     assert norms2["long"] == [30.0]
+
+
+def test_a_failed_sync_exits_3_is_logged_and_leaves_no_checkpoint_of_its_step(ray_cluster, tmp_path, tiny_model,
+                                                                               tiny_adapters, monkeypatch, capsys):
+    """Step 2's adapters never reach the engine (its push is lost): the probe measures the stale adapter for real,
+    the step is logged with sync/ok false and its measured diff, the CLI exits 3 with one line, and only step 1 is
+    checkpointed."""
+    import json
+
+    import longshort.rl.loop as loop
+    from longshort.cli import main
+
+    from conftest import RL_RECIPE, rl_overrides
+
+    real_push, pushes = loop.push, []
+
+    def lossy_push(learner, workers, roles):
+        pushes.append(roles)
+        return real_push(learner, workers, roles) if len(pushes) == 1 else 0  # step 2: nothing is sent
+
+    monkeypatch.setattr(loop, "push", lossy_push)
+    args = rl_overrides(tmp_path, tiny_model, tiny_adapters, "rl.steps=3", "rl.checkpoint_every=1", "run.name=s")
+    assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("longshort rl: error: sync check failed at step 2:"), err
+    assert "no checkpoint of step 2 is written" in err[0] and "continue from checkpoint step-000001" in err[0]
+    run = tmp_path / "s"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000001"]
+    tolerance = json.loads((run / "precision.json").read_text())["sync_tolerance"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and len(pushes) == 2
+    for r in rows:
+        assert r["sync/max_abs_diff"] == max(r["sync/long_max_diff"], r["sync/short_max_diff"])
+    assert rows[0]["sync/ok"] is True and rows[0]["sync/max_abs_diff"] <= tolerance
+    assert rows[1]["sync/ok"] is False and rows[1]["sync/max_abs_diff"] > tolerance

@@ -206,3 +206,37 @@ def test_data_order_is_a_function_of_the_cursor():
     for cursor in (1, 4, 5, 9):
         assert take(n, seed, cursor, 13 - cursor) == whole[cursor:]
     assert take(n, seed + 1, 0, 5) != whole[:5]
+
+
+# ---- run.report_to ------------------------------------------------------------------------------------------
+
+
+def test_report_to_sends_metrics_to_the_backends_asked_and_refuses_a_missing_one_up_front(tmp_path):
+    import importlib.util
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from longshort.errors import UserError
+
+    assert load_recipe(None).run.report_to == ["tensorboard"]
+    with pytest.raises(ConfigError, match=r"key 'run.report_to\[1\]': expected 'tensorboard' \| 'wandb' \| 'mlflow'"):
+        load_recipe(None, ["run.report_to=[tensorboard,neptune]"])
+    for report_to in (["tensorboard"], []):
+        d = tmp_path / f"to-{len(report_to)}"
+        d.mkdir()
+        m = MetricsLog(d, 0, load_recipe(None, [f"run.report_to=[{','.join(report_to)}]"]).run.report_to)
+        for step in (1, 2):
+            m.log({"step": step, "loss": 1.0 / step, "ok": True})
+        m.close()
+        assert [r["loss"] for r in rows(d / METRICS)] == [1.0, 0.5]  # metrics.jsonl whatever report_to says
+        assert (d / TENSORBOARD).is_dir() == bool(report_to)
+    acc = EventAccumulator(str(tmp_path / "to-1" / TENSORBOARD))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 0.5)]
+    missing = [name for name in ("wandb", "mlflow") if importlib.util.find_spec(name) is None]
+    if not missing:
+        pytest.skip("wandb and mlflow are both installed here: nothing to refuse")
+    for name in missing:
+        with pytest.raises(UserError, match=rf"^key 'run.report_to': {name} is not installed \(pip install {name}\)"):
+            MetricsLog(tmp_path / name, 0, ["tensorboard", name])
+        assert not (tmp_path / name).exists()  # refused before the run wrote anything

@@ -180,7 +180,8 @@ def analyze(recipe: Recipe, show_progress: bool = True) -> dict[str, Any]:
         raise UserError(f"{source}: no usable traces")
 
     model = (check_model_dir(Path(cfg.model), "analysis.model", recipe.model.trust_remote_code) if cfg.model
-             else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed))
+             else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed,
+                               chat_template=recipe.model.chat_template))
     adapters = {REASONER_ROLE: cfg.adapter} if cfg.adapter else None
     engine = make_engine(recipe.engine.kind, str(model), recipe.engine, adapters, seed=recipe.run.seed)
     try:

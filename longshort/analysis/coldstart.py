@@ -262,7 +262,8 @@ def coldstart(recipe: Recipe) -> dict[str, Any]:
 
     named = [(k, v) for k, v in (("coldstart.rewriter_model", cfg.rewriter_model), ("analysis.model", recipe.analysis.model)) if v]
     model = (check_model_dir(Path(named[0][1]), named[0][0], recipe.model.trust_remote_code) if named
-             else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed))
+             else resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed,
+                               chat_template=recipe.model.chat_template))
     counts: dict[str, int] = {"traces_in": len(traces), "rejected_rows": len(rejects), "no_answer": 0, "invalid": 0, "folded": 0, "llm_fallback": 0}
     plans = {}
     for tid, th in traces.items():

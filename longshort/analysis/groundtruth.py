@@ -15,7 +15,7 @@ import statistics
 from typing import Any, Iterable
 
 from longshort.data.synthetic import ESSENTIAL_KINDS
-from longshort.stats import Z95
+from longshort.stats import Z95, wilson
 
 
 def label(row: dict[str, Any], kinds: list[str]) -> tuple[str, bool]:
@@ -33,11 +33,21 @@ def mean_ci(xs: list[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "ci": [mean - half, mean + half]}
 
 
+def _rate(hits: int, n: int) -> tuple[float, list[float]]:
+    lo, hi = wilson(hits, n) if n else (math.nan, math.nan)
+    return (hits / n if n else math.nan), [lo, hi]
+
+
 def check(rows: Iterable[dict[str, Any]], step_kinds: dict[str, list[str]], selected: dict[tuple[str, int], bool],
-          key: str = "M") -> dict[str, Any]:
-    """Per-kind M with intervals, and precision/recall of `selected` ((trace_id, index) -> kept as long)."""
+          key: str = "M", forced: frozenset[tuple[str, int]] = frozenset()) -> dict[str, Any]:
+    """Per-kind M with intervals, and precision/recall of `selected` ((trace_id, index) -> kept as long).
+
+    `forced`: thoughts kept whatever their score (`coldstart.keep_first`: a transcript opens with a long turn).
+    `precision_scored` leaves them out, so the score's own choices are told apart from the protocol's rule.
+    """
     by_kind: dict[str, list[float]] = {}
     tp = fp = fn = tn = 0
+    forced_tp = forced_fp = 0
     unlabelled = 0
     for r in rows:
         kinds = step_kinds.get(r["trace_id"])
@@ -51,10 +61,16 @@ def check(rows: Iterable[dict[str, Any]], step_kinds: dict[str, list[str]], sele
         fp += kept and not essential
         fn += essential and not kept
         tn += not kept and not essential
-    precision = tp / (tp + fp) if tp + fp else math.nan
-    recall = tp / (tp + fn) if tp + fn else math.nan
+        if kept and (r["trace_id"], r["index"]) in forced:
+            forced_tp += essential
+            forced_fp += not essential
+    precision, precision_ci = _rate(tp, tp + fp)
+    recall, recall_ci = _rate(tp, tp + fn)
+    scored, scored_ci = _rate(tp - forced_tp, tp + fp - forced_tp - forced_fp)
     return {
-        "precision": precision, "recall": recall,
+        "precision": precision, "precision_ci": precision_ci, "recall": recall, "recall_ci": recall_ci,
+        "precision_scored": scored, "precision_scored_ci": scored_ci, "forced_kept": forced_tp + forced_fp,
+        "forced_redundant": forced_fp,
         "confusion": {"kept_essential": tp, "kept_redundant": fp, "dropped_essential": fn, "dropped_redundant": tn},
         "unlabelled_thoughts": unlabelled,
         "by_kind": {k: {**mean_ci(v), "essential": k in ESSENTIAL_KINDS} for k, v in sorted(by_kind.items())},

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sr: an error-analysis call before each refinement (protocol.sr_error_analysis).")
     p.add_argument("--schedule", metavar="M1,M2,...", help="pdr: parallel calls per round, ending in 1 (protocol.pdr_schedule).")
     p.add_argument("--distill", metavar="MODE", help=f"pdr: {', '.join(DISTILL_MODES)} (protocol.pdr_distill).")
-    p.add_argument("--kappa", metavar="K", help="pdr: workspace bound κ, the cap of a global_summary call (protocol.pdr_kappa).")
+    p.add_argument("--kappa", metavar="K", help="pdr: workspace bound κ, the cap of a summary call (protocol.pdr_kappa).")
     p.add_argument("--max-turns", metavar="N", help="long_short: most turns per episode (protocol.max_turns).")
     p.add_argument("--long-max-tokens", metavar="L", help="long_short: cap of a long turn (roles.long.max_tokens).")
     p.add_argument("--short-max-tokens", metavar="S", help="long_short: cap of a short turn (roles.short.max_tokens).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from longshort.commands.common import name_list
 from longshort.commands.infer import PROTOCOL_NAMES, add_model_arguments, recipe_and_model
@@ -17,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, help="K episodes per problem (accuracy = mean over the K).")
     p.add_argument("--batch-size", type=int, help="Episodes per protocol call; results are saved after each.")
     p.add_argument("--out", help="Output folder (default: <run dir>/eval).")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1;V2;...",
+                   help="Evaluate every protocol at each value of recipe key KEY (protocol.* or roles.*; quote the ';' "
+                        "for the shell); repeat the flag for a grid. Writes pareto.json, pareto_bseq.png, pareto_btotal.png.")
     add_model_arguments(p)
 
 
@@ -43,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         EvalConfig(**vars(ev))
     except ConfigError as e:
         raise ConfigError(f"command line: {e}") from None
+    if args.sweep:
+        return sweep(args.sweep, recipe, model, adapters)
     benches = load_benchmarks(recipe)  # every input file checked before the engine starts
     engine = start_engine(recipe, model, adapters)
     try:
@@ -51,4 +57,18 @@ def run(args: argparse.Namespace) -> int:
         engine.close()
     print(summary_markdown(summary, plot=False), end="")
     print(f"wrote {out_dir(recipe)}/summary.json, summary.md" + (", accuracy_vs_bseq.png" if ev.plot else ""))
+    return 0
+
+
+def sweep(flags: list[str], recipe: Any, model: str, adapters: dict[str, str]) -> int:
+    """`--sweep`: every point checked as a recipe, and the benchmarks loaded, before the engine starts."""
+    from longshort.eval import load_benchmarks, out_dir
+    from longshort.sweep import PLOTS, pareto_markdown, plan, run_sweep
+
+    points = plan(recipe, flags)
+    benches = load_benchmarks(recipe)
+    summary = run_sweep(recipe, points, model, adapters, benches)
+    print(pareto_markdown(summary), end="")
+    plots = "".join(f", {name}" for name in PLOTS.values()) if recipe.evaluation.plot else ""
+    print(f"wrote {out_dir(recipe)}/pareto.json{plots} ({len(points)} points)")
     return 0

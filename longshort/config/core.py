@@ -18,6 +18,12 @@ class RunConfig:
         "`auto`: continue from the newest complete checkpoint/output in the run directory; `never`: start over.", "auto"
     )
     quick: bool = doc("Smoke-scale run (few steps, few items) for tests and CI.", False)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = doc(
+        "Where the SFT and RL metrics go besides `metrics.jsonl`: `tensorboard` (the run's `tensorboard/`), `wandb` "
+        "(mode from `WANDB_MODE`, offline unless set), `mlflow` (`MLFLOW_TRACKING_URI`, else the run's `mlflow.db`); "
+        "wandb and mlflow must be installed (docs/sft.md, \"Outputs\").",
+        factory=lambda: ["tensorboard"],
+    )
 
 
 @dataclass
@@ -44,6 +50,13 @@ class ModelConfig:
         "float32",
     )
     trust_remote_code: bool = doc("Allow model repos to run their own Python code. Off unless you trust the source.", False)
+    chat_template: str | None = doc(
+        "Chat template every role view of the base is rendered with: Jinja text, or the path of a file holding it "
+        "(`.jinja`; a value without `{` is a path). null = the model's own; a model without one needs this "
+        "(docs/models.md).",
+        None,
+        path=True,
+    )
     tiny: TinyModelConfig = doc("Shape of the embedded tiny model (used when base == tiny).", factory=TinyModelConfig)
 
 
@@ -106,6 +119,11 @@ class EngineConfig:
     max_lora_rank: int = doc("Largest LoRA rank vLLM accepts.", 16)
     tensor_parallel_size: int = doc("GPUs per engine (vLLM tensor parallelism).", 1)
     batch_size: int = doc("HF engine: sequences generated together.", 32)
+    lora_mode: Literal["adapter", "merged", "auto"] = doc(
+        "How roles are served: `adapter` (LoRA adapters on one base), `merged` (each role's LoRA merged into its own "
+        "copy of the base, served without LoRA; pushes update it in place) or `auto` (merged on CPU, adapter on GPU).",
+        "adapter",
+    )
 
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -123,11 +141,24 @@ class ProtocolConfig:
     sr_rounds: int = doc("sr: refinement rounds after the first solution (Madaan et al. 2510.01123).", 2)
     sr_error_analysis: bool = doc("sr: ask for an error analysis of the previous solution before refining.", False)
     pdr_schedule: list[int] = doc("pdr: parallel calls per round, e.g. [8, 4, 1]; the last round must be 1.", factory=lambda: [8, 4, 1])
-    pdr_kappa: int = doc("pdr: workspace bound κ in tokens, rebuilt every round.", 512)
-    pdr_distill: Literal["global_summary", "shared_topk", "per_sample_topk", "random_k"] = doc(
-        "pdr: how drafts are distilled into the workspace.", "shared_topk"
+    pdr_kappa: int = doc(
+        "pdr: workspace bound κ in tokens, rebuilt every round; a cut keeps each piece's end (conclusion, answer).", 512
     )
-    pdr_k: int = doc("pdr: drafts kept by the top-k / random-k distill modes.", 2)
+    pdr_distill: Literal[
+        "shared_topk", "per_sample_topk", "random_k", "summary", "oracle_correct", "oracle_incorrect", "global_summary"
+    ] = doc(
+        "pdr: how drafts are distilled into the workspace (docs/protocols.md): `shared_topk`, `per_sample_topk` (a "
+        "self-judge picks k), `random_k` (k at random per call), `summary` (one summary call; `global_summary` is "
+        "its old name, still accepted); evaluation only, refused by `longshort rl`: `oracle_correct` / "
+        "`oracle_incorrect` (up to k drafts graded right / wrong against the gold answer).",
+        "shared_topk",
+    )
+    pdr_workspace_from: Literal["visible", "full"] = doc(
+        "pdr: what of a draft judges, summaries and workspaces read: `visible` (the text after `</think>`, else its "
+        "last sentences and boxed answer) or `full` (the whole draft).",
+        "visible",
+    )
+    pdr_k: int = doc("pdr: drafts kept by the top-k, random-k and oracle distill modes.", 2)
     system_prompt: str = doc("long_cot/sr/pdr: system prompt of the single solver model.", SOLVER_SYSTEM)
     max_tokens: int = doc("long_cot/sr/pdr: token cap of one generation call.", 512)
     temperature: float = doc(
@@ -160,5 +191,7 @@ class ProtocolConfig:
             raise ConfigError(f"key 'protocol.max_turns' must be >= 1, got {self.max_turns}")
         if not self.pdr_schedule or self.pdr_schedule[-1] != 1 or min(self.pdr_schedule) < 1:
             raise ConfigError(f"key 'protocol.pdr_schedule' must be positive and end with 1, got {self.pdr_schedule}")
+        if self.pdr_distill == "global_summary":  # recipes written before the rename keep working
+            self.pdr_distill = "summary"
         if self.sr_rounds < 0 or self.pdr_kappa < 1 or self.pdr_k < 1 or self.max_tokens < 1:
             raise ConfigError("keys 'protocol.sr_rounds' (>=0), 'pdr_kappa', 'pdr_k', 'max_tokens' (>=1) out of range")

@@ -56,7 +56,10 @@ def _anchor(value: Any, folder: Path) -> Any:
     if not isinstance(value, str) or not value or value in KEYWORDS or Path(value).is_absolute():
         return value
     there = folder / value
-    return str(there) if there.exists() else value
+    try:
+        return str(there) if there.exists() else value
+    except (OSError, ValueError):  # no file name at all (`model.chat_template` may hold the Jinja text itself)
+        return value
 
 
 def anchor_paths(cls: type, data: dict[str, Any], folder: Path) -> dict[str, Any]:

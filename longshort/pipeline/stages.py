@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, Callable
 
 from longshort.errors import UserError
@@ -48,14 +47,20 @@ def run_data(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
         counts = write_task(r.synthetic.n, r.run.seed, out, r.synthetic.test_fraction, r.synthetic)
         return dict(counts)
     from longshort.data.benchmarks import load_benchmark
+    from longshort.data.rows import field_map
     from longshort.data.traces import read_traces
     from longshort.io import Rejects
 
     if not r.data.train or not r.data.test:
         raise UserError("pipeline.task files needs keys 'data.train' (traces) and 'data.test' (held-out problems)")
     rejects = Rejects()
-    train = [t.to_dict() for t in read_traces(r.data.train, on_error=r.data.on_error, rejects=rejects)]
-    test = load_benchmark("synthetic", path=r.data.test, on_error=r.data.on_error)
+    # the user's column names and split, as every other reader of rows takes them (data.fields, data.split)
+    train = [t.to_dict() for t in read_traces(r.data.train, on_error=r.data.on_error, rejects=rejects,
+                                              fields=r.data.fields, split=r.data.split)]
+    # held-out problems carry no response: its column is the traces' alone
+    test_fields = {k: v for k, v in field_map(r.data.fields).items() if k != "response"}
+    test = load_benchmark("synthetic", path=r.data.test, on_error=r.data.on_error, fields=test_fields,
+                          split=r.data.split)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test.rows)
     if len(rejects) or test.rejects:
@@ -117,11 +122,15 @@ def selection_ground_truth(plan: Plan, stage: Stage) -> dict[str, Any]:
     for r in rows:
         by_trace.setdefault(str(r["trace_id"]), []).append(r)
     selected: dict[tuple[str, int], bool] = {}
+    forced: set[tuple[str, int]] = set()
     for tid, th in by_trace.items():
         th.sort(key=lambda r: r["index"])
-        for r, kept in zip(th, select(th, cfg.select, cfg.threshold, cfg.top_k, cfg.keep_first, cfg.score_key)):
+        by_score = select(th, cfg.select, cfg.threshold, cfg.top_k, False, cfg.score_key)
+        for r, kept, scored in zip(th, select(th, cfg.select, cfg.threshold, cfg.top_k, cfg.keep_first, cfg.score_key), by_score):
             selected[(tid, r["index"])] = kept
-    return groundtruth.check(rows, kinds, selected, cfg.score_key)
+            if kept and not scored:
+                forced.add((tid, r["index"]))
+    return groundtruth.check(rows, kinds, selected, cfg.score_key, frozenset(forced))
 
 
 def run_rl(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
@@ -206,14 +215,12 @@ def run_benchmarks(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
 
 def run_export(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     """Both roles' final adapters (RL if it ran), verified merged models, one manifest."""
-    from longshort.export import Exporter, RunInfo, read_run
+    from longshort.export import Exporter, read_rl_run, read_run
 
     adapters = final_adapters(plan)
-    runs = []
-    for role in ROLES:
-        sft = read_run(plan.stages[f"sft_{role}"].dir)
-        info = dict(sft.info, final=str(Path(adapters[role]).resolve()), stage="rl" if plan.rl_ran() else "sft")
-        runs.append(RunInfo(sft.path, info))
+    # an RL run is read as itself, so the cards carry its data, recipe and rewards (not the SFT runs' it started from)
+    runs = (read_rl_run(plan.stages["rl"].dir) if plan.rl_ran()
+            else [read_run(plan.stages[f"sft_{role}"].dir) for role in ROLES])
     out = stage.dir / "export"
     manifest = Exporter(runs, out, vllm_check=stage.extra["vllm_check"]).export()
     write_json(stage.dir / "exported.json", {"out": str(out), "from": adapters})

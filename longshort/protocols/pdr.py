@@ -2,16 +2,23 @@
 
 Round r makes M_r = `pdr_schedule[r]` parallel draft calls, each seeing the problem and a workspace;
 between rounds a distill step rebuilds the workspace from that round's drafts only, bounded by
-κ = `pdr_kappa` tokens. The last round is one call whose output is the answer. Distill modes:
+κ = `pdr_kappa` tokens. The last round is one call whose output is the answer.
 
-- `global_summary`: one LLM call per episode summarises all drafts (max κ tokens); everyone reads it.
+A draft is read by what it shows (`pdr_workspace_from: visible`, the default): the text after its `</think>`,
+else its conclusion (last sentences) and boxed answer (`prompts.visible_part`); `full` reads the whole draft.
+Judges, summaries and workspaces all read that part. Distill modes:
+
 - `shared_topk`: one self-judging call per episode picks the k best drafts; everyone reads the same k.
 - `per_sample_topk`: each next-round call gets its own judging call, which sees the drafts in its own
   random order (so greedy judges still differ) and picks that call's k drafts.
-- `random_k`: each next-round call reads its own k drafts drawn at random (no LLM call).
+- `random_k`: each next-round call reads its own k drafts drawn at random (no LLM call; RSA, 2509.26626).
+- `summary` (old name `global_summary`): one LLM call per episode summarises all drafts (max κ tokens).
+- `oracle_correct` / `oracle_incorrect` (evaluation only): everyone reads the first k drafts graded right /
+  wrong against the gold answer; with none, the next round reads the problem alone (`meta.oracle_empty`).
 
-A top-k workspace is the chosen drafts (best first), each cut to its tail so the whole is ≤ κ tokens.
-Judge and summary prompts show every draft, cut to their tails so the prompt fits the engine context.
+A workspace of chosen drafts lists them (best first) with each cut to its END (conclusion and answer) so the
+whole is ≤ κ tokens; a summary is cut to its end too. Judge and summary prompts show every draft, cut to their
+ends so the prompt fits the engine context.
 
 Budgets (docs/budgets.md): every call is a fresh context, and each round and each distill step is one
 protocol step (`Turn.step`). B_seq counts the critical path: per step, its longest generation (whichever
@@ -27,21 +34,34 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from longshort.chat import encode
 from longshort.config.core import ProtocolConfig
-from longshort.errors import ConfigError
-from longshort.grading import extract_answer, extract_boxed
+from longshort.errors import ConfigError, UserError
+from longshort.grading import compare_many, extract_answer, extract_boxed
 from longshort.protocols import prompts
 from longshort.protocols.calls import Call, Setup, execute, prompt_limit, seed_for, solution_ok, solver_call
 from longshort.types import Episode
+
+ORACLE = {"oracle_correct": True, "oracle_incorrect": False}  # evaluation-only modes: the verdict that qualifies
 
 
 @dataclass
 class _Workspace:
     """What one draft call reads, and where it came from (for the accepted path)."""
 
-    text: str | None = None  # None: round 0, the problem alone
+    text: str | None = None  # None: the problem alone (round 0, or an oracle round where no draft qualified)
     distill: int | None = None  # turn index of the distill/judge call that built it
     drafts: list[int] = field(default_factory=list)  # draft turns it drew on; [0] is on the accepted path
+
+
+def shown(protocol: ProtocolConfig, text: str) -> str:
+    """What of a draft the distill step and the next round read (`protocol.pdr_workspace_from`)."""
+    return prompts.visible_part(text) if protocol.pdr_workspace_from == "visible" else text
+
+
+def workspace(tokenizer: object, pieces: list[str], kappa: int) -> str:
+    """The chosen drafts' parts as numbered attempts, best first, each cut to its end so the whole is ≤ κ tokens."""
+    return prompts.fit(tokenizer, lambda cut: prompts.numbered(cut, "Attempt"), pieces, kappa)
 
 
 def _drafts_block(setup: Setup, problem: str, template: str, texts: list[str], cap: int, **extra: object) -> str:
@@ -49,10 +69,6 @@ def _drafts_block(setup: Setup, problem: str, template: str, texts: list[str], c
         return template.format(problem=problem, n=len(pieces), drafts=prompts.numbered(pieces), **extra)
 
     return prompts.fit(setup.tokenizer, build, texts, prompt_limit(setup, cap))
-
-
-def _topk_workspace(setup: Setup, texts: list[str]) -> str:
-    return prompts.fit(setup.tokenizer, lambda pieces: prompts.numbered(pieces, "Attempt"), texts, setup.protocol.pdr_kappa)
 
 
 def _select(text: str, order: list[int], k: int) -> tuple[list[int], bool]:
@@ -76,24 +92,50 @@ def _select(text: str, order: list[int], k: int) -> tuple[list[int], bool]:
     return chosen, ok
 
 
-def _distill(setup: Setup, live: list[Episode], drafts: dict[int, list[int]], r: int, m_next: int) -> dict[int, list[_Workspace]]:
-    """Build each live episode's `m_next` workspaces from its round-r drafts (one batched call, if any)."""
+def _oracle(setup: Setup, live: list[Episode], drafts: dict[int, list[int]], r: int, m_next: int) -> dict[int, list[_Workspace]]:
+    """Evaluation only: one shared workspace per episode of its first k drafts graded right (`oracle_correct`) or
+    wrong (`oracle_incorrect`) against the gold answer, by the protocol's own answer rule; all graded in one batch."""
+    p = setup.protocol
+    want = ORACLE[p.pdr_distill]
+    items = [(ep, i) for ep in live for i in drafts[id(ep)]]
+    verdicts = compare_many([extract_answer(ep.turns[i].text, ep.meta.get("source")) for ep, i in items], [ep.gold for ep, _ in items])
+    right = {(id(ep), i): v.correct for (ep, i), v in zip(items, verdicts)}
+    out: dict[int, list[_Workspace]] = {}
+    for ep in live:
+        pick = [i for i in drafts[id(ep)] if right[(id(ep), i)] == want][: p.pdr_k]
+        ep.meta.setdefault("selected", []).append({"round": r, "slot": -1, "drafts": pick})
+        if pick:
+            ws = _Workspace(workspace(setup.tokenizer, [shown(p, ep.turns[i].text) for i in pick], p.pdr_kappa), None, pick)
+        else:  # nothing qualifies: the next round starts afresh from the problem, never from drafts of the other kind
+            ep.meta.setdefault("oracle_empty", []).append(r)
+            ws = _Workspace()
+        out[id(ep)] = [ws] * m_next
+    return out
+
+
+def distill(setup: Setup, live: list[Episode], drafts: dict[int, list[int]], r: int, m_next: int) -> dict[int, list[_Workspace]]:
+    """Build each live episode's `m_next` workspaces from its round-r drafts (one batched call, if any).
+
+    Records each choice of drafts in `meta.selected` ({round, slot, drafts}; slot -1: shared by every call)."""
     p = setup.protocol
     mode, kappa, k = p.pdr_distill, p.pdr_kappa, p.pdr_k
+    if mode in ORACLE:
+        return _oracle(setup, live, drafts, r, m_next)
     out: dict[int, list[_Workspace]] = {}
     calls: list[tuple[Call, list[int], int]] = []  # (call, shown order, which next-round slot; -1 = all)
     for ep in live:
         ds = drafts[id(ep)]
-        texts = [ep.turns[i].text for i in ds]
+        texts = [shown(p, ep.turns[i].text) for i in ds]
         sample = ep.meta.get("sample", 0)
-        if mode == "random_k":
+        if mode == "random_k":  # RSA: a fresh subset per next-round call, seeded by the episode's own seed
             out[id(ep)] = []
             for slot in range(m_next):
                 rng = random.Random(seed_for(setup.seed, ep.problem_id, sample, r, "random_k", slot))
                 pick = rng.sample(range(len(ds)), min(k, len(ds)))
-                out[id(ep)].append(_Workspace(_topk_workspace(setup, [texts[j] for j in pick]), None, [ds[j] for j in pick]))
+                out[id(ep)].append(_Workspace(workspace(setup.tokenizer, [texts[j] for j in pick], kappa), None, [ds[j] for j in pick]))
+                ep.meta.setdefault("selected", []).append({"round": r, "slot": slot, "drafts": [ds[j] for j in pick]})
             continue
-        if mode == "global_summary":
+        if mode == "summary":
             user = _drafts_block(setup, ep.problem, prompts.SUMMARY, texts, kappa)
             call = solver_call(setup, ep, user, "distill", seed_for(setup.seed, ep.problem_id, sample, r, "summary"), cap=kappa)
             jobs = [(call, list(range(len(ds))), -1)]
@@ -117,14 +159,17 @@ def _distill(setup: Setup, live: list[Episode], drafts: dict[int, list[int]], r:
         ds = drafts[id(ep)]
         index = call.turns[0]
         turn = ep.turns[index]
-        if mode == "global_summary":
+        if mode == "summary":
             turn.format_ok = bool(turn.text.strip())
-            ws = _Workspace(prompts.keep_head(setup.tokenizer, turn.text, kappa), index, list(ds))
+            # capped at κ generated tokens, but its text can re-encode longer: cut to κ (marker included), keeping
+            # the summary's end, where its conclusion is
+            ws = _Workspace(prompts.fit(setup.tokenizer, lambda cut: cut[0], [turn.text], kappa), index, list(ds))
         else:
             chosen, parsed = _select(turn.text, order, k)
             turn.format_ok = parsed and turn.finish_reason != "length"
-            ws = _Workspace(_topk_workspace(setup, [ep.turns[ds[j]].text for j in chosen]), index, [ds[j] for j in chosen])
-            ep.meta.setdefault("selected", []).append({"round": r, "slot": slot, "drafts": [ds[j] for j in chosen]})
+            picked = [ds[j] for j in chosen]
+            ws = _Workspace(workspace(setup.tokenizer, [shown(p, ep.turns[i].text) for i in picked], kappa), index, picked)
+            ep.meta.setdefault("selected", []).append({"round": r, "slot": slot, "drafts": picked})
         out.setdefault(id(ep), []).append(ws)
     for ep in live:  # shared workspaces serve every next-round call
         if id(ep) in out and len(out[id(ep)]) == 1 and m_next > 1:
@@ -148,6 +193,11 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
     tok = setup.tokenizer
     schedule = list(p.pdr_schedule)
     check_sampling(p)
+    if p.pdr_distill in ORACLE:
+        missing = next((ep.problem_id for ep in episodes if not ep.gold), None)
+        if missing is not None:
+            raise UserError(f"key 'protocol.pdr_distill' is {p.pdr_distill}: it grades drafts against the gold answer, "
+                            f"and problem {missing!r} has none")
     origin: dict[tuple[int, int], _Workspace] = {}  # (id(episode), draft turn) -> the workspace it read
     workspaces = {id(ep): [_Workspace()] * schedule[0] for ep in episodes}
     live = list(episodes)
@@ -183,10 +233,10 @@ def run(setup: Setup, episodes: list[Episode]) -> None:
         for ep in live:
             ep.meta["rounds"].append(drafts[id(ep)])
         if r + 1 < len(schedule):
-            workspaces = _distill(setup, live, drafts, r, schedule[r + 1])
+            workspaces = distill(setup, live, drafts, r, schedule[r + 1])
             live = [ep for ep in live if id(ep) in workspaces]
-            for ep in live:
-                ep.meta["workspace_tokens"].append([len(tok(ws.text, add_special_tokens=False)["input_ids"]) for ws in workspaces[id(ep)]])
+            for ep in live:  # what each next-round call read on top of the problem (≤ κ; 0: the problem alone)
+                ep.meta["workspace_tokens"].append([len(encode(tok, ws.text)) if ws.text else 0 for ws in workspaces[id(ep)]])
     finished = {id(ep) for ep in live}
     for ep in episodes:
         for t in ep.turns:

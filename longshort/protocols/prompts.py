@@ -6,11 +6,16 @@ PDR workspace) is the user message. Long⊗Short turns use the roles' own system
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from longshort.chat import encode
+from longshort.grading import extract_boxed
+from longshort.tags import THINK_CLOSE, THINK_OPEN
 
 ELLIPSIS = "[…] "  # marks a piece whose head was cut to fit a token bound
+CONCLUSION_SENTENCES = 3  # what a draft without a `</think>` shows: its last sentences (and its boxed answer)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 REFINE = (
     "{problem}\n\n"
@@ -50,18 +55,31 @@ def numbered(drafts: list[str], title: str = "Candidate") -> str:
     return "\n\n".join(f"### {title} {i}\n{d}" for i, d in enumerate(drafts, 1))
 
 
+def visible_part(text: str) -> str:
+    """What a draft shows a later reader: the text after its last `</think>`; or, when there is none (or nothing
+    follows it), the conclusion of what it wrote, its last `CONCLUSION_SENTENCES` sentences, with its last
+    `\\boxed{}` appended when that lies earlier. A reasoning model's thinking would otherwise fill the workspace
+    bound before its answer is reached."""
+    head, sep, tail = text.rpartition(THINK_CLOSE)
+    if sep and tail.strip():
+        return tail.strip()
+    body = (head if sep else text).strip()
+    if body.startswith(THINK_OPEN):
+        body = body[len(THINK_OPEN) :].strip()
+    sentences = [s.strip() for s in _SENTENCE_END.split(body) if s.strip()]
+    conclusion = " ".join(sentences[-CONCLUSION_SENTENCES:])
+    boxed = extract_boxed(body)
+    if boxed is not None and extract_boxed(conclusion) != boxed:
+        conclusion += f" \\boxed{{{boxed}}}"
+    return conclusion
+
+
 def keep_tail(tokenizer: Any, text: str, n: int) -> str:
     """The last `n` tokens of `text` (conclusions and the boxed answer live at the end of a solution)."""
     ids = encode(tokenizer, text)
     if len(ids) <= n:
         return text
     return ELLIPSIS + tokenizer.decode(ids[len(ids) - n :] if n > 0 else [])
-
-
-def keep_head(tokenizer: Any, text: str, n: int) -> str:
-    """The first `n` tokens of `text`."""
-    ids = encode(tokenizer, text)
-    return text if len(ids) <= n else tokenizer.decode(ids[:n])
 
 
 def fit(tokenizer: Any, build: Callable[[list[str]], str], pieces: list[str], limit: int) -> str:

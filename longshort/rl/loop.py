@@ -172,9 +172,11 @@ class RolloutPool:
         return [ep for part in parts for ep in part]
 
     def sync(self, roles: list[str], probes: dict[str, list[int]], step: int) -> tuple[int, dict[str, float]]:
-        """Push the updated adapters and verify them; a dead rollout worker is replaced and the sync redone."""
+        """Push the updated adapters and measure them with the probe: (bytes sent, {role: max |engine − learner|}).
+        The caller judges the diffs against rl.sync_tolerance, so a failed sync is logged (`sync/ok` false) before
+        the run stops. A dead rollout worker is replaced and the sync redone."""
         try:
-            return push(self.learner, self.workers, roles), verify(self.learner, self.workers, probes, self.recipe.rl.sync_tolerance)
+            return push(self.learner, self.workers, roles), verify(self.learner, self.workers, probes, math.inf)
         except RayActorError:
             dead = [i for i, w in enumerate(self.workers) if not _alive(w)]
             if not dead:  # the learner died: the caller names it
@@ -182,7 +184,7 @@ class RolloutPool:
         for i in dead:
             self.replace(i, step, probes)
         try:  # set_adapters is idempotent: workers that already took the new adapters take them again
-            return push(self.learner, self.workers, roles), verify(self.learner, self.workers, probes, self.recipe.rl.sync_tolerance)
+            return push(self.learner, self.workers, roles), verify(self.learner, self.workers, probes, math.inf)
         except RayActorError:
             raise WorkerLost(f"a rollout worker died again at step {step}; {_resume_hint(self.ckpt_root)}") from None
 
@@ -353,13 +355,18 @@ def check_rollout_gap(stats: dict[str, dict[str, float]], tolerance: float) -> N
 def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) RL of both roles; returns a summary. Raises `SyncError` if a sync check fails."""
     from longshort.models import check_lora_targets, resolve_base
+    from longshort.protocols.pdr import ORACLE
 
+    if recipe.protocol.name == "pdr" and recipe.protocol.pdr_distill in ORACLE:  # before anything is written
+        raise ConfigError(f"key 'protocol.pdr_distill' is {recipe.protocol.pdr_distill}: an evaluation-only mode (it "
+                          "grades drafts against the gold answer), refused in RL rollouts")
     run_dir = open_run(recipe, OUTPUTS)  # config.yaml as asked: `auto` stays `auto`
     recipe, precision = resolve_precision(recipe)  # concrete dtypes for every actor and the tolerance they imply
     settings_now = resume_settings(recipe)
     write_json(run_dir / "precision.json", precision)
     cfg = recipe.rl
-    base = str(resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed).resolve())
+    base = str(resolve_base(recipe.model.base, run_dir, recipe.model.tiny, recipe.run.seed,
+                            chat_template=recipe.model.chat_template).resolve())
     problems = load_problems(recipe)
     for role in ROLES:
         path = getattr(recipe.roles, role).adapter
@@ -401,7 +408,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
         }
         write_json(run_dir / "placement.json", placement)
 
-        metrics_log = MetricsLog(run_dir, start_step)
+        metrics_log = MetricsLog(run_dir, start_step, recipe.run.report_to)
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc="rl", disable=not progress, dynamic_ncols=True)
@@ -433,9 +440,20 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             row.update(episode_metrics(episodes))
             row.update(learner_metrics(stats))
             row.update({f"sync/{r}_max_diff": d for r, d in diffs.items()})
-            row.update({"sync/ok": True, "sync/bytes": sent, "time/rollout": t1 - t0, "time/learn": t2 - t1, "time/sync": t3 - t2})
+            max_diff = max(diffs.values(), default=0.0)
+            sync_ok = all(math.isfinite(d) and d <= cfg.sync_tolerance for d in diffs.values())  # NaN is a failure
+            row.update({"sync/ok": sync_ok, "sync/max_abs_diff": max_diff, "sync/bytes": sent, "time/rollout": t1 - t0,
+                        "time/learn": t2 - t1, "time/sync": t3 - t2})
             row["time/step"] = t3 - t0
             metrics_log.log(row)
+            if not sync_ok:  # logged first, so the failed step's measured diff is on record; never checkpointed
+                role = max(diffs, key=lambda r: (not math.isfinite(diffs[r]), diffs[r]))
+                raise SyncError(
+                    f"sync check failed at step {step}: the rollout engine's {role} adapter gives logprobs up to "
+                    f"{diffs[role]:.3g} away from the learner's (tolerance rl.sync_tolerance={cfg.sync_tolerance:g}); "
+                    f"the engine is not running the weights being trained (stale or mis-loaded adapter); no checkpoint "
+                    f"of step {step} is written; {_resume_hint(ckpt_root)}"
+                )
             for ep in episodes[: cfg.log_episodes]:
                 append_jsonl(episodes_path, ep.to_dict())
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:

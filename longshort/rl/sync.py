@@ -9,6 +9,8 @@ than the learner's current adapter (stale, half-loaded, wrong role) and the run 
 
 from __future__ import annotations
 
+import math
+
 import copy
 from typing import Any
 
@@ -71,6 +73,8 @@ def verify(learner: Any, workers: list[Any], probes: dict[str, list[int]], toler
             if len(row) != len(mine[role]):
                 raise SyncError(f"sync check: worker {w_index} scored {len(row)} tokens of the {role} probe, learner {len(mine[role])}")
             diff = max((abs(a - b) for a, b in zip(row, mine[role])), default=0.0)
+            if not math.isfinite(diff):  # NaN compares false with everything: it would pass `diff > tolerance`
+                diff = math.inf
             out[role] = max(out.get(role, 0.0), diff)
             if diff > tolerance:
                 raise SyncError(

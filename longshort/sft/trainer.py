@@ -150,7 +150,8 @@ class Trainer:
                 return done
         if main:
             open_run(recipe, OUTPUTS)
-            resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed, trust_remote_code=recipe.model.trust_remote_code)  # builds `tiny` once
+            resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed, trust_remote_code=recipe.model.trust_remote_code,
+                         chat_template=recipe.model.chat_template)  # builds `tiny` once
         auto = recipe.run.resume == "auto"
         # Resume only what was written with the same settings (a one-line error names the first changed key). The
         # main process names the broken checkpoints it skips; the others then find the same one quietly.
@@ -158,7 +159,8 @@ class Trainer:
         accel.wait_for_everyone()
         if auto and not main:
             resume_from = ckpt.resume(ck_root, current, lambda m: None)
-        base = resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed, trust_remote_code=recipe.model.trust_remote_code)
+        base = resolve_base(recipe.model.base, run_dir, recipe.model.tiny, seed, trust_remote_code=recipe.model.trust_remote_code,
+                            chat_template=recipe.model.chat_template)
         if cfg.mode == "lora":
             check_lora_targets(base, cfg.lora.target_modules, "sft.lora.target_modules", recipe.model.trust_remote_code)
         tokenizer = load_tokenizer(base, recipe.model.trust_remote_code)
@@ -197,7 +199,7 @@ class Trainer:
             self.log(f"sft: resuming from {resume_from.path} (step {step}, epoch {cursor // len(train)}, "
                      f"index {cursor % len(train)})")
         # Every log is cut back to the step resumed from, 0 (no checkpoint) included: no step is logged twice.
-        metrics_log = MetricsLog(run_dir, step) if main else None
+        metrics_log = MetricsLog(run_dir, step, recipe.run.report_to) if main else None
 
         n_proc, rank = accel.num_processes, accel.process_index
         global_batch = cfg.batch_size * cfg.grad_accum * n_proc

@@ -108,7 +108,7 @@ MODELS: dict[str, tuple[list[str], Files, str]] = {
     "missing tokenizer": (INFER + ["--model", "{dir}/model"], {"model/tokenizer.json": None, "model/tokenizer_config.json": None},
                           "{dir}/model: no tokenizer"),
     "no chat template (rl)": (RL + ["model.base={dir}/model"], {"model/chat_template.jinja": None, "model/tokenizer_config.json": _no_chat_template},
-                              "{dir}/model/tokenizer_config.json: the tokenizer has no chat template"),
+                              "model {dir}/model has no chat template: set model.chat_template (docs/models.md)"),
     "LoRA target the model lacks (sft)": (SFT + ["model.base={model}", "sft.lora.target_modules=[q_proj,qkv]"], {},
                                           "key 'sft.lora.target_modules': the model at {model} has no module 'qkv'"),
     "LoRA target the model lacks (rl)": (RL + ["model.base={model}", "rl.lora_targets=[attn]"], {},
