@@ -24,6 +24,7 @@ from longshort.io import atomic_write_text  # noqa: E402
 # Order matters: sync.py takes the sync share of the step from rl_step's entry.
 SCRIPTS = {
     "rollout": ["bench/rollout.py", "--threads", "1"],
+    "merged_serving": ["bench/merged_serving.py", "--threads", "1"],
     "rl_step": ["bench/rl_step.py", "--with-hf"],
     "sync": ["bench/sync.py"],
     "mfu": ["bench/mfu.py"],
@@ -57,6 +58,10 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
         ratios = ", ".join(f"{m} {v[str(top)]:.1f}×" for m, v in r["ratio_vllm_over_hf"].items())
         status = ", ".join(f"{m}: {'met' if ok else 'NOT met'}" for m, ok in r["target_met"].items())
         rows.append(f"| Rollout engines | vLLM / HF at batch {top}: {ratios} | {r['target']} | {status} |")
+    r = results.get("merged_serving")
+    if r:
+        ratios = ", ".join(f"{k} {v:.1f}×" for k, v in r["merged_over_adapter"].items())
+        rows.append(f"| Merged-weight roles | merged / adapter tok/s at batch {r['batch']}: {ratios} | none (picks `lora_mode: auto` on CPU) | — |")
     return rows
 
 

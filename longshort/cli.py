@@ -22,6 +22,8 @@ COMMANDS = [
     ("coldstart", "coldstart", "Synthesize per-role cold-start SFT data from scored thoughts."),
     ("sft", "sft", "Supervised fine-tuning of one role (LoRA or full), resumable."),
     ("export", "export", "Export verified adapters, merged models and a manifest."),
+    ("serve", "serve", "Serve an exported bundle over OpenAI-compatible HTTP (chat completions)."),
+    ("chat", "chat", "Ask an exported bundle questions from the terminal or a pipe."),
     ("rl", "rl", "Synergy-oriented multi-turn RL of both roles on Ray."),
     ("pipeline", "pipeline", "Run the whole Long⊗Short pipeline and write the report card."),
 ]

@@ -26,6 +26,15 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0 if successes <= 0 else max(0.0, centre - half), 1.0 if successes >= n else min(1.0, centre + half))
 
 
+def mean_ci(xs: Sequence[float], z: float = Z95) -> tuple[float, float]:
+    """95% normal interval of a mean; (nan, nan) below two values."""
+    if len(xs) < 2:
+        return (math.nan, math.nan)
+    mean = sum(xs) / len(xs)
+    half = z * math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) / math.sqrt(len(xs))
+    return (mean - half, mean + half)
+
+
 def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
     """Two-sided exact McNemar p-value of paired outcomes (same problems in the same order)."""
     if len(a) != len(b):

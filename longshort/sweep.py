@@ -25,7 +25,6 @@ import itertools
 import json
 import math
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from longshort.eval import EPISODE_KEYS, metrics, out_dir, run_benchmark
 from longshort.io import atomic_write_bytes, write_json
 from longshort.run import open_run
 from longshort.run.settings import check, recorded, settings
-from longshort.stats import Z95, wilson
+from longshort.stats import mean_ci, wilson
 from longshort.types import Episode
 
 PLOTS = {"b_seq": "pareto_bseq.png", "b_total": "pareto_btotal.png"}
@@ -141,14 +140,6 @@ def point_settings(recipe: Recipe, benches: list[Benchmark], model: str, adapter
             "evaluation.samples": cfg.samples, "benchmarks": [[b.name, b.origin] for b in benches]}
 
 
-def mean_ci(xs: list[float]) -> list[float]:
-    """95% normal interval of a mean (NaN, written as null, below two values)."""
-    if len(xs) < 2:
-        return [math.nan, math.nan]
-    mean, half = statistics.fmean(xs), Z95 * statistics.stdev(xs) / math.sqrt(len(xs))
-    return [mean - half, mean + half]
-
-
 def row(protocol: str, point: Point, run: str, ignored: list[str], eps: list[Episode]) -> dict[str, Any]:
     """One point × protocol: its metrics (as `longshort eval`'s summary rows) with n and intervals."""
     n = len(eps)
@@ -157,7 +148,7 @@ def row(protocol: str, point: Point, run: str, ignored: list[str], eps: list[Epi
         "point": point.name, "override": point.values, "protocol": protocol, "run": f"runs/{run}/{protocol}",
         "shared": bool(ignored), "ignores": ignored, "n": n,
         "accuracy_ci": list(wilson(sum(bool(ep.correct) for ep in eps), n)),
-        "b_seq_ci": mean_ci([float(ep.b_seq) for ep in eps]), "b_total_ci": mean_ci([float(ep.b_total) for ep in eps]),
+        "b_seq_ci": list(mean_ci([float(ep.b_seq) for ep in eps])), "b_total_ci": list(mean_ci([float(ep.b_total) for ep in eps])),
         **m,
     }
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from longshort.analysis.chunk import (
     TYPES,
+    assemble,
     chunk_llm,
     chunk_rule,
     from_record,
@@ -107,14 +110,15 @@ def test_validator_on_hand_made_blocks():
 
 
 def test_parse_blocks_finds_valid_json_in_prose():
-    text = 'Sure! Steps [0] and [1] go together:\n[{"start": 0, "end": 1, "type": "compute"}, {"start": 2, "end": 2, "type": "conclusion"}] done'
+    text = 'Sure! Steps 1 and 2 go together:\n{"block 1": {"start": 1, "end": 2, "block type": "compute"}, "block 2": {"start": 3, "end": 3, "block type": "conclusion"}} done'
     assert parse_blocks(text, 3) == [{"start": 0, "end": 1, "type": "compute"}, {"start": 2, "end": 2, "type": "conclusion"}]
-    with pytest.raises(ValueError, match="covers|cover"):
-        parse_blocks('[{"start": 0, "end": 0, "type": "compute"}]', 3)
-    with pytest.raises(ValueError, match="no JSON list"):
+    with pytest.raises(ValueError, match="cover steps 1..1, the trace has 3"):
+        parse_blocks('{"block 1": {"start": 1, "end": 1, "block type": "compute"}}', 3)
+    with pytest.raises(ValueError, match="no block object"):
         parse_blocks("5 5 5 ::: }{", 3)
-    prompt = llm_prompt(["a", "b"])
-    assert "[0] a\n[1] b" in prompt and "from 0 to 1" in prompt and all(t in prompt for t in TYPES)
+    prompt = llm_prompt("What is 1 + 2?", ["a", "b"])
+    assert "What is 1 + 2?" in prompt and "Step 1: a\nStep 2: b" in prompt and "Step 1 to Step 2" in prompt
+    assert all(t in prompt for t in TYPES)
 
 
 def test_record_round_trip():
@@ -124,7 +128,7 @@ def test_record_round_trip():
     assert rec["block_texts"] == [th.text for th in c.thoughts] and rec["steps"][0] == "Okay, we need 12 * 3 first."
     again = from_record(t, rec)
     assert [(x.start, x.end, x.type, x.char_span) for x in again.thoughts] == [(x.start, x.end, x.type, x.char_span) for x in c.thoughts]
-    rec["blocks"][1]["start"] += 1  # a damaged record is rejected, not silently used
+    rec["block"]["block 2"]["start"] += 1  # a damaged record is rejected, not silently used
     with pytest.raises(ValueError):
         from_record(t, rec)
 
@@ -141,4 +145,75 @@ def test_llm_chunker_on_tiny_model_falls_back_to_rules(vllm_engine):
         assert [(x.start, x.end, x.type) for x in c.thoughts] == [(x.start, x.end, x.type) for x in chunk_rule(t).thoughts]
         _tiles(c)
     too_long = chunk_llm(vllm_engine, traces[:1], max_tokens=8, retries=0, max_prompt_tokens=10)[0]
-    assert too_long.chunker == "llm->rule" and "exceeds" in too_long.notes[0]
+    assert too_long.chunker == "llm->rule" and "leaves no room" in too_long.notes[0]
+
+
+# -- the released chunker's layout and input fields (issue #15) ----------------------------------------------------
+
+
+def test_trace_reader_accepts_the_released_field_names(tmp_path):
+    from longshort.data.traces import read_traces
+
+    f = tmp_path / "released.jsonl"  # what the release's chunker reads: question, thought, answer (an integer there)
+    f.write_text(json.dumps({"question": "What is 12 * 3 - 4?", "thought": R1_STYLE, "answer": 32}) + "\n")
+    (t,) = read_traces(f)
+    assert (t.id, t.problem, t.answer, t.response) == ("released-1", "What is 12 * 3 - 4?", "32", R1_STYLE)
+
+
+def test_record_has_the_released_layout():
+    t = Trace("t", "What is 12 * 3 - 4?", "32", R1_STYLE)
+    c = chunk_rule(t)
+    rec = c.to_record()
+    assert (rec["question"], rec["answer"], rec["thought"]) == (t.problem, "32", R1_STYLE)
+    assert rec["block"] == {
+        "block 1": {"start": 1, "end": 2, "block type": "compute"},
+        "block 2": {"start": 3, "end": 3, "block type": "verify"},
+        "block 3": {"start": 4, "end": 5, "block type": "reflect"},
+        "block 4": {"start": 6, "end": 6, "block type": "alternative"},
+        "block 5": {"start": 7, "end": 7, "block type": "conclusion"},
+    }
+    steps = rec["steps"]  # block k's text is its steps (1-based, inclusive), joined as the trace separates them
+    assert rec["block_thought"] == {k: "\n\n".join(steps[b["start"] - 1 : b["end"]]) for k, b in rec["block"].items()}
+    assert rec["tail"].endswith("\\boxed{32}") and "block_prompt" not in rec  # the rule chunker prompts nothing
+    assert json.loads(json.dumps(rec)) == rec
+
+
+def test_released_style_replies_parse_and_the_release_gap_is_refused():
+    steps = [s.text for s in chunk_rule(Trace("t", "p", "32", R1_STYLE)).steps]  # 7 steps
+    reply = ("<think>\nSteps 1-2 compute; {\"block 1\": {\"start\": 1, \"end\": 7}} would be lazy.\n</think>\n```json\n"
+             "{'block 1': {'start': '1', 'end': '2', 'block type': 'compute'}, 'block 2': {'start': 3, 'end': 6, "
+             "'block type': 'Verify'}, 'block 3': {'start': 7, 'end': 7, 'block type': 'problem understanding'}}\n```")
+    assert parse_blocks(reply, 7) == [{"start": 0, "end": 1, "type": "compute"}, {"start": 2, "end": 5, "type": "verify"},
+                                      {"start": 6, "end": 6, "type": "other"}]  # thinking skipped, quotes, strings
+    c = assemble(Trace("t", "p", "32", R1_STYLE), parse_blocks(reply, 7), "llm")
+    _tiles(c)
+    assert c.thoughts[-1].tail.endswith("\\boxed{32}")  # the tail after </think> stays with the last thought
+    # a cover that stops before the last step, which the release's own check lets through, is refused here
+    short = '{"block 1": {"start": 1, "end": 4, "block type": "compute"}, "block 2": {"start": 5, "end": 6, "block type": "verify"}}'
+    with pytest.raises(ValueError, match="cover steps 1..6, the trace has 7"):
+        parse_blocks(short, len(steps))
+    with pytest.raises(ValueError, match="block 2 starts at step 4, expected 3"):
+        parse_blocks('{"block 1": {"start": 1, "end": 2}, "block 2": {"start": 4, "end": 7}}', 7)
+    with pytest.raises(ValueError, match="never closes"):
+        parse_blocks("<think> let me see " + short, 7)
+
+
+def test_llm_chunker_retries_garbage_then_falls_back_keeping_the_tail(hf_engine):
+    """The untrained tiny model (HF engine) answers garbage: five attempts at temperature 0.1 (the defaults), each
+    refused by the coverage check, then the rule chunker; the record keeps the prompt, the last reply and the tail."""
+    traces = [Trace("r1", "What is 12 * 3 - 4?", "32", R1_STYLE)]
+    traces += [Trace(f"s{i}", r["problem"], r["answer"], r["response"]) for i, r in enumerate(generate(1, 9))]
+    out = chunk_llm(hf_engine, traces, max_tokens=24, max_prompt_tokens=1000)
+    for c, t in zip(out, traces):
+        assert c.chunker == "llm->rule"
+        assert [n.split(":")[0] for n in c.notes] == [f"attempt {k}" for k in range(5)]
+        assert [(x.start, x.end, x.type) for x in c.thoughts] == [(x.start, x.end, x.type) for x in chunk_rule(t).thoughts]
+        _tiles(c)
+        rec = c.to_record()
+        assert t.problem in rec["block_prompt"] and "Step 1: " in rec["block_prompt"]
+        assert isinstance(rec["block_prompt_results"], str) and rec["tail"] == t.response[c.think_end :].strip()
+        again = from_record(t, json.loads(json.dumps(rec)))  # resume keeps the notes, prompt and reply
+        assert (again.notes, again.prompt, again.reply, again.chunker) == (c.notes, c.prompt, c.reply, "llm->rule")
+    # seeds come from (run seed, trace, attempt): a trace's replies do not depend on its batch
+    alone = chunk_llm(hf_engine, traces[:1], max_tokens=24, retries=0, max_prompt_tokens=1000)[0]
+    assert alone.reply == chunk_llm(hf_engine, traces[1:] + traces[:1], max_tokens=24, retries=0, max_prompt_tokens=1000)[1].reply

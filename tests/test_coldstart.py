@@ -113,3 +113,100 @@ def test_missing_thoughts_file_is_a_user_error(tmp_path):
 
     with pytest.raises(UserError, match="no thoughts file"):
         coldstart(_recipe(tmp_path, tmp_path / "nope.jsonl"))
+
+
+# -- the model rewriter (issue #15) --------------------------------------------------------------------------------
+
+
+def test_rewrite_is_cleaned_of_its_thinking_and_checked():
+    from longshort.analysis.coldstart import clean_rewrite, new_results, numbers
+
+    src = "Now add 5: 3 + 5 = 8; left: 2.\n\nWait, let me check: 3 + 5 = 8. Yes."
+    assert clean_rewrite("<think>\nThe user wants it short. 3+5 is 8.\n</think>\n\nAdd 5: 3 + 5 = 8.", src) == ("Add 5: 3 + 5 = 8.", None)
+    assert clean_rewrite("It is 3+5.</think> 3 + 5 = 8.", src) == ("3 + 5 = 8.", None)  # template opened <think>
+    assert clean_rewrite("<think>\nHmm, 3 + 5", src) == (None, "unfinished <think>")
+    assert clean_rewrite("<think>\n</think>\n", src) == (None, "empty")
+    assert clean_rewrite("So 3 + 5 = 8.", src, finish_reason="length") == (None, "cut at coldstart.rewriter_max_tokens")
+    assert clean_rewrite("<answer> 3 + 5 = 8 </answer>", src) == (None, "contains a tag")
+    assert clean_rewrite("Add five to three.", src) == (None, "loses the last number")
+    assert clean_rewrite(src + " So 8.", src) == (None, "longer than the source")
+    assert clean_rewrite("12 * 3 = 36.", "12*3 = 36.") == ("12 * 3 = 36.", None)  # respaced, not longer
+    # numbers by value; new results: each equation's value not stated before in the transcript nor in the run
+    assert numbers("$1,000 and 12.0, 12") == {"1000": 1, "12": 2}
+    known = Known()
+    known.read("Add 5: 3 + 5 = 8.")
+    assert new_results("8 + 4 = 12. Check: 4 + 8 = 12. And 3 + 5 = 8. Then 0.2 x 50 = $10.0", known) == {"12": 1, "10": 1}
+
+
+def _garbage_thoughts(tmp_path):
+    rows = []
+    for k, r in enumerate(generate(3, 4)):
+        n = len(thought_rows(r))
+        rows += thought_rows(r, [0.9 if i in (0, n // 2) else 0.1 for i in range(n)], trace_id=f"t{k}")
+    (tmp_path / "thoughts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    return tmp_path / "thoughts.jsonl"
+
+
+def _llm_args(tmp_path, thoughts, *extra):
+    return ["coldstart", "--recipe", "recipes/tiny/coldstart.yaml", f"run.out_dir={tmp_path}", "run.name=cs", f"coldstart.thoughts={thoughts}",
+            "coldstart.rewriter=llm", "coldstart.rewriter_max_tokens=8", "engine.kind=hf", "engine.max_model_len=1024", *extra]
+
+
+def test_max_fallback_gate_stops_the_stage_on_a_garbage_rewriter(tmp_path, capsys):
+    """The untrained tiny model (HF engine) rewrites garbage that runs to the cap: every rewrite falls back, more than
+    the default coldstart.max_fallback 0.1, so the stage stops with one line (exit 2) and writes no data."""
+    from longshort.cli import main
+
+    assert main(_llm_args(tmp_path, _garbage_thoughts(tmp_path))) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # the rest: weight-loading bars
+    assert err.startswith("longshort coldstart: error: coldstart: 6 of 6 rewrites")
+    assert "fell back to the rule rewriter" in err and "key 'coldstart.max_fallback' (0.1)" in err
+    assert "mostly: cut at coldstart.rewriter_max_tokens" in err
+    assert not (tmp_path / "cs" / "long.jsonl").exists()
+
+
+def test_max_fallback_one_keeps_the_rule_rewrites_and_reports_them(tmp_path):
+    from longshort.cli import main
+
+    assert main(_llm_args(tmp_path, _garbage_thoughts(tmp_path), "coldstart.max_fallback=1.0")) == 0
+    stats = json.loads((tmp_path / "cs" / "stats.json").read_text())
+    rw = stats["rewriter"]
+    assert rw["rewrites"] > 0 and rw["fallbacks"] == rw["rewrites"] == stats["llm_fallback"] and rw["fallback_share"] == 1.0
+    assert rw["fallback_reasons"] == {"cut at coldstart.rewriter_max_tokens": rw["rewrites"]}
+    assert rw["compression"] is None and rw["keeps_all_new_results"] is None  # no model rewrite was kept
+    assert 0 < stats["compression_ratio"] < 1 and stats["traces_out"] == 3 and stats["invalid"] == 0  # the rule's transcripts
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> str:
+    from longshort.models import materialise_smollm2
+
+    return str(materialise_smollm2(tmp_path_factory.mktemp("smol") / "smollm2"))
+
+
+def test_smollm2_rewrites_keep_the_new_results(smollm2, tmp_path):
+    """SmolLM2-135M-Instruct (the SmolLM2 recipe's rewriter) restates real GSM8K steps: measured on these 12
+    problems (16 runs to rewrite), 4 fall back and every kept rewrite of a run with a new result keeps them all."""
+    from longshort.analysis.chunk import split_steps
+    from longshort.data.benchmarks import solution_traces
+    from longshort.io import Rejects
+
+    traces, _ = solution_traces("gsm8k", None, "train", 12, "raise", Rejects())
+    rows = []
+    for tr in traces:
+        steps = split_steps(tr["response"])[0]
+        if len(steps) < 3:
+            continue
+        for i, s in enumerate(steps):  # one thought per step; steps 1 and 3 long, the rest restated by the model
+            rows.append({"trace_id": tr["id"], "index": i, "type": "compute", "text": s.text, "problem": tr["problem"], "gold": tr["answer"],
+                         "M": 0.9 if i in (0, 2) else 0.1, "ci_low": 0.0, "d_y": 200,
+                         "tail": f"</think>\n\\boxed{{{tr['answer']}}}" if i == len(steps) - 1 else ""})
+    (tmp_path / "thoughts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    stats = coldstart(_recipe(tmp_path, tmp_path / "thoughts.jsonl", "coldstart.rewriter=llm", f"coldstart.rewriter_model={smollm2}",
+                              "coldstart.max_fallback=1.0", "engine.kind=hf", "engine.dtype=float32", "engine.max_model_len=1024",
+                              "protocol.max_turns=6"))
+    rw = stats["rewriter"]
+    print(json.dumps(rw))
+    assert rw["rewrites"] >= 12 and rw["fallback_share"] <= 0.4
+    assert rw["numbers_checked"] >= 5 and rw["keeps_all_new_results"] >= 0.8
+    assert rw["compression"] < 1 and stats["traces_out"] >= 8

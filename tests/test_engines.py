@@ -185,3 +185,153 @@ def test_logprobs_are_raw_model_logprobs_not_tempered(kind, request, prompts):
     c = engine.generate([GenRequest(prompts[0], "short", p)])[0][0]
     scored = engine.score([prompts[0] + c.token_ids], ["short"], [len(prompts[0])])[0]
     assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(c.logprobs, scored))
+
+
+# --- engine.lora_mode: merged (each role's LoRA merged into its own copy of the base, served with no LoRA) -------
+
+
+def test_lora_mode_auto_is_merged_on_cpu_and_adapter_on_gpu():
+    from longshort.engines.base import resolve_lora_mode
+
+    assert [resolve_lora_mode("auto", d) for d in ("cpu", "cuda", "cuda:1")] == ["merged", "adapter", "adapter"]
+    assert resolve_lora_mode("adapter", "cpu") == "adapter" and resolve_lora_mode("merged", "cuda") == "merged"
+
+
+@pytest.fixture(scope="module")
+def head_adapter(tiny_model, tmp_path_factory) -> str:
+    """A LoRA on the projections AND lm_head of the tied tiny base (what the tiny pipeline's roles train)."""
+    import torch
+    from conftest import LORA_TARGETS
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+                          LoraConfig(r=4, lora_alpha=8, target_modules=[*LORA_TARGETS, "lm_head"]))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    out = tmp_path_factory.mktemp("head") / "adapter"
+    peft.save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def merged_hf(tiny_model, tiny_adapters):
+    """The HF engine in merged mode, both roles."""
+    from conftest import engine_config
+
+    engine = make_engine("hf", tiny_model, engine_config(batch_size=16, lora_mode="merged"), dict(tiny_adapters))
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def merged_vllm(tiny_model, tiny_adapters):
+    """The vLLM engine in merged mode, role long only: each role (and the base, on first use) is one vLLM start."""
+    from conftest import engine_config
+
+    engine = make_engine("vllm", tiny_model, engine_config(lora_mode="merged"), {"long": tiny_adapters["long"]})
+    yield engine
+    engine.close()
+
+
+def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    assert [len(x) for x in a] == [len(y) for y in b]
+    return max(abs(x - y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
+
+
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_merged_mode_equals_adapter_mode_and_base_stays_unmerged(kind, request, hf_engine, prompts):
+    """Greedy tokens and logprobs of merged roles == the adapter-mode engine's (float32: 1e-4), in one mixed call;
+    role None is served by the bare base, not by a role's merged weights."""
+    engine = request.getfixturevalue(f"merged_{kind}")
+    role_model = engine._merged["long"]
+    if kind == "hf":  # a plain transformers model: no PEFT layers anywhere
+        assert not any("lora" in n for n, _ in role_model.named_parameters())
+    else:  # an LLM started without LoRA support
+        assert role_model.llm_engine.vllm_config.lora_config is None
+    roles = [None, "long", "short"] if kind == "hf" else [None, "long"]
+    m, a = gen(engine, prompts, roles, greedy()), gen(hf_engine, prompts, roles, greedy())
+    assert [c.token_ids for c in m] == [c.token_ids for c in a]
+    assert _max_diff([c.logprobs for c in m], [c.logprobs for c in a]) < 1e-4
+    seqs = [p + c.token_ids for p, c in zip(prompts * len(roles), m)]
+    who = [r for r in roles for _ in prompts]
+    mine = engine.score(seqs, who, [1] * len(seqs))
+    assert _max_diff(mine, hf_engine.score(seqs, who, [1] * len(seqs))) < 1e-4
+    # the base rows differ from the long rows: None did not run on long's weights
+    assert [c.token_ids for c in m[: len(prompts)]] != [c.token_ids for c in m[len(prompts) : 2 * len(prompts)]]
+    assert engine.adapters["long"] == hf_engine.adapters["long"]
+
+
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_merged_push_updates_in_place_and_a_wrong_push_is_measured(kind, request, hf_engine, prompts, tiny_adapters):
+    """`set_adapter` in merged mode changes the served weights in place (same model/LLM object, no restart) to the
+    new adapter's, including prompts seen before the push (no stale prefix cache); a wrong push is what the RL sync
+    probe measures: the served logprobs are far from the intended adapter's."""
+    engine = request.getfixturevalue(f"merged_{kind}")
+    held = dict(engine._merged)
+    seqs = [p + c.token_ids for p, c in zip(prompts, gen(hf_engine, prompts, ["short"], greedy(12)))]
+    want_long = hf_engine.score(seqs, ["long"] * 2, [1, 1])
+    want_short = hf_engine.score(seqs, ["short"] * 2, [1, 1])
+    before = gen(engine, prompts, ["long"], greedy(12))
+    try:
+        engine.set_adapter("long", tiny_adapters["short"])  # the wrong weights for role long
+        assert all(engine._merged[r] is m for r, m in held.items())  # the same model / LLM, updated in place
+        got = engine.score(seqs, ["long"] * 2, [1, 1])
+        assert _max_diff(got, want_short) < 1e-4  # serves exactly what was pushed...
+        assert _max_diff(got, want_long) > 1e-3  # ...which the sync check (tolerance 1e-3 in float32) refuses
+        after = gen(engine, prompts, ["long"], greedy(12))  # the same prompts as before the push
+        assert [c.token_ids for c in after] == [c.token_ids for c in gen(hf_engine, prompts, ["short"], greedy(12))]
+        assert [c.token_ids for c in after] != [c.token_ids for c in before]
+    finally:
+        engine.set_adapter("long", tiny_adapters["long"])
+    assert _max_diff(engine.score(seqs, ["long"] * 2, [1, 1]), want_long) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["hf", "vllm"])
+def test_merged_mode_serves_a_lora_on_the_tied_head(kind, request, hf_engine, head_adapter, tiny_adapters, prompts):
+    """A LoRA on lm_head of the tied tiny base: adapter-mode vLLM refuses it; merged, both engines serve what PEFT
+    serves (the head's LoRA leaves the input embedding alone)."""
+    engine = request.getfixturevalue(f"merged_{kind}")
+    try:
+        hf_engine.set_adapter("long", head_adapter)
+        engine.set_adapter("long", head_adapter)
+        m, a = gen(engine, prompts, ["long"], greedy(12)), gen(hf_engine, prompts, ["long"], greedy(12))
+        assert [c.token_ids for c in m] == [c.token_ids for c in a]
+        assert _max_diff([c.logprobs for c in m], [c.logprobs for c in a]) < 1e-4
+    finally:
+        hf_engine.set_adapter("long", tiny_adapters["long"])
+        engine.set_adapter("long", tiny_adapters["long"])
+
+
+def test_adapter_mode_vllm_refuses_a_head_lora_and_names_merged_mode(vllm_engine, head_adapter):
+    with pytest.raises(UserError, match="lm_head.*engine.lora_mode: merged"):
+        vllm_engine.set_adapter("long", head_adapter)
+
+
+def test_merged_mode_refuses_an_adapter_for_another_base_and_keeps_serving(merged_hf, tiny_adapters, prompts, tmp_path):
+    """An adapter whose LoRA shapes do not fit the base (or that merging cannot express) is a one-line UserError
+    naming its folder, raised before any weight is touched."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    engine = merged_hf
+    before = engine.score([prompts[0]], ["long"], [1])
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_adapters["long"], bad)
+    tensors = load_file(str(bad / "adapter_model.safetensors"))
+    name = next(k for k in tensors if k.endswith("q_proj.lora_B.weight"))
+    tensors[name] = tensors[name][:-1].contiguous()  # one output row short: another base's q_proj
+    save_file(tensors, str(bad / "adapter_model.safetensors"))
+    with pytest.raises(UserError, match=rf"{bad}: the LoRA of .*q_proj.weight gives a .* update .*another base"):
+        engine.set_adapter("long", str(bad))
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    shutil.copy(tiny_adapters["long"] + "/adapter_model.safetensors", bad / "adapter_model.safetensors")
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
+    with pytest.raises(UserError, match="use_dora"):
+        engine.set_adapter("long", str(bad))
+    assert engine.score([prompts[0]], ["long"], [1]) == before and engine.adapters["long"] == tiny_adapters["long"]

@@ -72,3 +72,64 @@ def test_a_failed_sync_exits_3_is_logged_and_leaves_no_checkpoint_of_its_step(ra
         assert r["sync/max_abs_diff"] == max(r["sync/long_max_diff"], r["sync/short_max_diff"])
     assert rows[0]["sync/ok"] is True and rows[0]["sync/max_abs_diff"] <= tolerance
     assert rows[1]["sync/ok"] is False and rows[1]["sync/max_abs_diff"] > tolerance
+
+
+def test_merged_mode_rl_passes_the_measured_sync_check_every_step(ray_cluster, tmp_path, tiny_model, tiny_adapters):
+    """`longshort rl ... engine.lora_mode=merged rl.steps=3`: every step's pushed adapters are merged in place into the
+    rollout engine, the probe measures them (sync/ok from the real diff, within the float32 tolerance), and the mode
+    is on record in precision.json."""
+    import json
+
+    from longshort.cli import main
+
+    from conftest import RL_RECIPE, rl_overrides
+
+    args = rl_overrides(tmp_path, tiny_model, tiny_adapters, "rl.steps=3", "rl.checkpoint_every=3", "run.name=m",
+                        "engine.lora_mode=merged", "rl.problems_per_step=1", "rl.group_size=2")
+    assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 0
+    run = tmp_path / "m"
+    info = json.loads((run / "precision.json").read_text())
+    assert info["engine_lora_mode"] == {"requested": "merged", "resolved": "merged", "device": "cpu"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["sync/ok"] is True and r["trained"] == ["long", "short"]
+        assert r["sync/max_abs_diff"] == max(r["sync/long_max_diff"], r["sync/short_max_diff"]) <= info["sync_tolerance"]
+        assert max(r["long/logprob_gap_max"], r["short/logprob_gap_max"]) <= info["sync_tolerance"]
+
+
+def test_a_wrong_push_in_merged_mode_fails_the_sync_check(ray_cluster, tmp_path, tiny_model, tiny_adapters, monkeypatch, capsys):
+    """lora_mode auto (= merged on CPU rollout actors): at step 2 the learner's adapters reach the engine with the
+    roles swapped, a real merge of the wrong weights; the probe measures it, sync/ok is false and the run exits 3."""
+    import json
+
+    import ray
+
+    import longshort.rl.loop as loop
+    from longshort.cli import main
+
+    from conftest import RL_RECIPE, rl_overrides
+
+    real_push, pushes = loop.push, []
+
+    def swapped_push(learner, workers, roles):
+        pushes.append(roles)
+        if len(pushes) == 1:
+            return real_push(learner, workers, roles)
+        files = learner.export(["long", "short"])
+        ray.get([w.set_adapters.remote({"long": files["short"], "short": files["long"]}) for w in workers])
+        return sum(len(b) for role in files.values() for b in role.values())
+
+    monkeypatch.setattr(loop, "push", swapped_push)
+    args = rl_overrides(tmp_path, tiny_model, tiny_adapters, "rl.steps=2", "rl.checkpoint_every=1", "run.name=w",
+                        "engine.lora_mode=auto", "rl.problems_per_step=1", "rl.group_size=2")
+    assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 3
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("longshort rl: error: sync check failed at step 2:"), err
+    run = tmp_path / "w"
+    info = json.loads((run / "precision.json").read_text())
+    assert info["engine_lora_mode"] == {"requested": "auto", "resolved": "merged", "device": "cpu"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and len(pushes) == 2
+    assert rows[0]["sync/ok"] is True and rows[0]["sync/max_abs_diff"] <= info["sync_tolerance"]
+    assert rows[1]["sync/ok"] is False and min(rows[1]["sync/long_max_diff"], rows[1]["sync/short_max_diff"]) > info["sync_tolerance"]

@@ -14,10 +14,13 @@ import json
 import math
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
+from longshort.analysis.chunk import strip_thinking
 from longshort.config import Recipe
 from longshort.errors import UserError
 from longshort.io import Rejects, atomic_write_text, read_jsonl, validated, write_json, write_jsonl
@@ -25,10 +28,12 @@ from longshort.run import open_run
 from longshort.tags import ANSWER_CLOSE, ANSWER_OPEN, RETHINK_CLOSE, THINK_CLOSE, THINK_OPEN, parse_long, parse_short
 
 _NUM = r"-?\d+(?:\.\d+)?"
-EQUATION = re.compile(rf"({_NUM}(?:\s*[-+*/×]\s*{_NUM})+)\s*=\s*({_NUM})")
+# `x` and `$` as GSM8K writes its steps ("0.2 x 50 = $10"); the synthetic task writes neither
+EQUATION = re.compile(rf"\$?({_NUM}(?:\s*[-+*/×x]\s*\$?{_NUM})+)\s*=\s*\$?({_NUM})")
 REWRITE_PROMPT = (
-    "Rewrite the reasoning below as briefly as possible. Keep every new intermediate result and the numbers it "
-    "needs; drop re-checks, repetitions and detours. Reply with the short version only.\n\nReasoning:\n{text}"
+    "Restate the reasoning below concisely, in one or two short sentences. Keep every number it computes and the "
+    'result of every calculation, for example "2 x 8 = 16"; drop re-checks, repetitions and detours. Reply with the '
+    "short restatement only.\n\nReasoning:\n{text}"
 )
 
 
@@ -99,29 +104,70 @@ def compress_rule(text: str, known: Known, final: bool = False) -> str:
     return first[:200]
 
 
-def _clean_rewrite(out: str, source: str) -> str | None:
-    """An LLM rewrite if usable: non-empty, shorter than the source, no tags, keeps the source's last number."""
-    text = out.strip()
-    for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, RETHINK_CLOSE):
-        if tag in text:
-            return None
-    if not text or len(text) >= len(source.strip()):
-        return None
-    nums = re.findall(_NUM, source)
-    if nums and nums[-1] not in re.findall(_NUM, text):
-        return None
-    return text
+def canonical(number: str) -> str:
+    """A number by value: `12.0` and `12` are one number, `1,000` is `1000`."""
+    return format(Decimal(number.replace(",", "")).normalize(), "f")
 
 
-def llm_rewrites(engine: Any, texts: list[str], max_tokens: int, seed: int) -> list[str | None]:
-    """Compress every text in one batched greedy call; None where the output is unusable (rule fallback)."""
-    from longshort.chat import encode, prompt_text
-    from longshort.engines.base import GenRequest, SamplingParams
+def numbers(text: str) -> Counter[str]:
+    """Every number in `text` (thousands commas joined), as a multiset of canonical values."""
+    return Counter(canonical(n) for n in re.findall(rf"{_NUM}(?:,\d{{3}}(?!\d))*", text))
 
-    tok = engine.tokenizer
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, seed=seed)
-    reqs = [GenRequest(encode(tok, prompt_text(tok, "", REWRITE_PROMPT.format(text=t), [], viewer="assistant")), None, params) for t in texts]
-    return [_clean_rewrite(c[0].text, t) for c, t in zip(engine.generate(reqs), texts)]
+
+def new_results(text: str, known: Known) -> Counter[str]:
+    """The run's new results: the value c of each equation `a op b = c` in it, in order, that is stated neither
+    earlier in the transcript (`known`) nor earlier in the run; a multiset of canonical values (each value once)."""
+    seen = set(known.results)
+    out: Counter[str] = Counter()
+    for m in EQUATION.finditer(text):
+        if m.group(2) not in seen:
+            out[canonical(m.group(2))] += 1
+        seen.add(m.group(2))
+    return out
+
+
+def clean_rewrite(out: str, source: str, finish_reason: str = "stop") -> tuple[str | None, str | None]:
+    """(rewrite, None) if the model's output is usable once its thinking part is stripped: finished, non-empty,
+    not longer than the source, no tags, and it keeps the source's last number (the result the next turn continues
+    from); else (None, why), and the rule rewrite is used."""
+    if finish_reason == "length":
+        return None, "cut at coldstart.rewriter_max_tokens"
+    text = strip_thinking(out)
+    if text is None:
+        return None, "unfinished <think>"
+    text = text.strip()
+    if not text:
+        return None, "empty"
+    if any(tag in text for tag in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE, RETHINK_CLOSE)):
+        return None, "contains a tag"
+    # characters other than spaces: a concise step (GSM8K's) may come back as itself, respaced ("6 * 2" for "6*2")
+    if len(re.sub(r"\s", "", text)) > len(re.sub(r"\s", "", source)):
+        return None, "longer than the source"
+    last = re.findall(rf"{_NUM}(?:,\d{{3}}(?!\d))*", source)
+    if last and canonical(last[-1]) not in numbers(text):
+        return None, "loses the last number"
+    return text, None
+
+
+def llm_rewrites(engine: Any, texts: list[str], max_tokens: int, seed: int, max_model_len: int) -> list[tuple[str | None, str | None]]:
+    """Compress every text in one batched greedy call of the rewriter through the protocol call layer
+    (`Turn.kind` "rewrite"); `clean_rewrite` of each output: (rewrite, None), or (None, why) for the rule fallback."""
+    from longshort.protocols.calls import base_call, execute, seed_for, tool_setup
+    from longshort.types import Episode
+
+    setup = tool_setup(engine, max_model_len, seed)
+    episodes = [Episode(problem_id=f"rewrite-{k}", problem=t, gold="", protocol="rewrite") for k, t in enumerate(texts)]
+    calls = [base_call(setup, ep, REWRITE_PROMPT.format(text=t), "rewrite", 0.0, max_tokens, seed_for(seed, "rewrite", t))
+             for ep, t in zip(episodes, texts)]
+    execute(setup, [c for c in calls if c is not None])
+    out: list[tuple[str | None, str | None]] = []
+    for ep, c, t in zip(episodes, calls, texts):
+        if c is None:
+            out.append((None, "prompt leaves no room within engine.max_model_len"))
+        else:
+            turn = ep.turns[c.turns[0]]
+            out.append(clean_rewrite(turn.text, t, turn.finish_reason))
+    return out
 
 
 # -- transcripts -----------------------------------------------------------------------------------------
@@ -272,27 +318,39 @@ def coldstart(recipe: Recipe) -> dict[str, Any]:
         counts["folded"] += folded
         plans[tid] = (plan, mask)
 
-    rewrites: dict[str, str | None] = {}
-    engine = None
-    if cfg.rewriter == "llm":
+    rewrites: dict[str, tuple[str | None, str | None]] = {}
+    texts = sorted({"\n\n".join(traces[t][i]["text"] for i in idx) for t, (plan, _) in plans.items() for imp, idx in plan if not imp})
+    if cfg.rewriter == "llm" and texts:  # no short run (every thought important): no engine to start
         from longshort.engines import make_engine
 
-        texts = sorted({"\n\n".join(traces[t][i]["text"] for i in idx) for t, (plan, _) in plans.items() for imp, idx in plan if not imp})
         engine = make_engine(recipe.engine.kind, str(model), recipe.engine, None, seed=recipe.run.seed)
         try:
-            rewrites = dict(zip(texts, llm_rewrites(engine, texts, cfg.rewriter_max_tokens, recipe.run.seed)))
+            rewrites = dict(zip(texts, llm_rewrites(engine, texts, cfg.rewriter_max_tokens, recipe.run.seed, recipe.engine.max_model_len)))
         finally:
             engine.close()
 
+    tok = load_tokenizer(model)
+    ntok = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    # per rewrite of a short run: fell back (and why), tokens in/out, whether it keeps the run's new results
+    rw: dict[str, Any] = {"rewrites": 0, "reasons": Counter(), "tokens_in": 0, "tokens_out": 0, "checked": 0, "kept": 0}
+
     def rewrite(text: str, known: Known, final: bool) -> str:
-        out = rewrites.get(text)
-        if cfg.rewriter == "llm" and out is None:
-            counts["llm_fallback"] += 1
+        out = None
+        if cfg.rewriter == "llm":
+            out, why = rewrites[text]
+            rw["rewrites"] += 1
+            if out is None:
+                counts["llm_fallback"] += 1
+                rw["reasons"][why] += 1
+            else:
+                need = new_results(text, known)  # before compress_rule advances `known`
+                rw["checked"] += bool(need)
+                rw["kept"] += bool(need) and not need - numbers(out)
+                rw["tokens_in"] += ntok(text)
+                rw["tokens_out"] += ntok(out)
         rule = compress_rule(text, known, final)  # also advances `known`
         return out if out is not None else rule
 
-    tok = load_tokenizer(model)
-    ntok = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
     out_rows, reasons = [], {}
     stats_tokens = {"long": 0, "short": 0, "original": 0}
     kept_mask: list[bool] = []
@@ -314,6 +372,21 @@ def coldstart(recipe: Recipe) -> dict[str, Any]:
         stats_tokens["original"] += int(th[0].get("d_y") or ntok("".join(x["text"] for x in th)))
         kept_mask += mask
 
+    rewriter = None
+    if cfg.rewriter == "llm":
+        n, k = rw["rewrites"], counts["llm_fallback"]
+        rewriter = {
+            "model": str(model), "rewrites": n, "fallbacks": k, "fallback_share": k / n if n else 0.0,
+            "fallback_reasons": dict(rw["reasons"].most_common()),
+            # over the model's own rewrites (fallbacks excluded): rewrite tokens / tokens of the runs they restate
+            "compression": rw["tokens_out"] / rw["tokens_in"] if rw["tokens_in"] else None,
+            # model rewrites of runs with a new result, and the share whose numbers contain all of them (docs/analysis.md)
+            "numbers_checked": rw["checked"], "keeps_all_new_results": rw["kept"] / rw["checked"] if rw["checked"] else None,
+        }
+        if n and k / n > cfg.max_fallback:
+            raise UserError(f"coldstart: {k} of {n} rewrites by {model} ({k / n:.0%}) fell back to the rule rewriter, more than "
+                            f"key 'coldstart.max_fallback' ({cfg.max_fallback}); mostly: {rw['reasons'].most_common(1)[0][0]} "
+                            "(use a stronger coldstart.rewriter_model, or raise coldstart.max_fallback)")
     if not out_rows:  # empty outputs would only fail later, in sft
         raise UserError(f"{path}: no cold-start transcript could be built from {len(traces)} traces "
                         f"({counts['no_answer']} without a final answer, {counts['invalid']} invalid"
@@ -338,6 +411,7 @@ def coldstart(recipe: Recipe) -> dict[str, Any]:
         "tokens": {**stats_tokens, "per_transcript_long": stats_tokens["long"] / max(1, len(out_rows)),
                    "per_transcript_short": stats_tokens["short"] / max(1, len(out_rows))},
         "compression_ratio": total / stats_tokens["original"] if stats_tokens["original"] else None,
+        "rewriter": rewriter,
         "invalid_examples": dict(list(reasons.items())[:5]),
     }
     write_json(run_dir / "stats.json", stats)

@@ -15,7 +15,7 @@ import statistics
 from typing import Any, Iterable
 
 from longshort.data.synthetic import ESSENTIAL_KINDS
-from longshort.stats import Z95, wilson
+from longshort.stats import mean_ci, wilson
 
 
 def label(row: dict[str, Any], kinds: list[str]) -> tuple[str, bool]:
@@ -26,11 +26,8 @@ def label(row: dict[str, Any], kinds: list[str]) -> tuple[str, bool]:
     return (next((k for k in span if k in ESSENTIAL_KINDS), span[0]) if essential else span[0]), essential
 
 
-def mean_ci(xs: list[float]) -> dict[str, Any]:
-    n = len(xs)
-    mean = statistics.fmean(xs) if xs else math.nan
-    half = Z95 * statistics.stdev(xs) / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "ci": [mean - half, mean + half]}
+def _mean(xs: list[float]) -> dict[str, Any]:
+    return {"n": len(xs), "mean": statistics.fmean(xs) if xs else math.nan, "ci": list(mean_ci(xs))}
 
 
 def _rate(hits: int, n: int) -> tuple[float, list[float]]:
@@ -73,5 +70,5 @@ def check(rows: Iterable[dict[str, Any]], step_kinds: dict[str, list[str]], sele
         "forced_redundant": forced_fp,
         "confusion": {"kept_essential": tp, "kept_redundant": fp, "dropped_essential": fn, "dropped_redundant": tn},
         "unlabelled_thoughts": unlabelled,
-        "by_kind": {k: {**mean_ci(v), "essential": k in ESSENTIAL_KINDS} for k, v in sorted(by_kind.items())},
+        "by_kind": {k: {**_mean(v), "essential": k in ESSENTIAL_KINDS} for k, v in sorted(by_kind.items())},
     }

@@ -33,10 +33,13 @@ class AnalyzeConfig:
     )
     chunker: Literal["rule", "llm"] = doc(
         "`rule`: discourse markers (Wait, Alternatively, Let me check, But, So the answer...) open a thought; "
-        "`llm`: the analysis model returns JSON blocks {start, end, type}, validated, with retries and the rule fallback.",
+        "`llm`: as the authors' released chunker, the analysis model gets the problem and the numbered steps and returns "
+        "typed blocks {\"block k\": {start, end, block type}} (1-based), sampled at temperature 0.1; a cover that is "
+        "not contiguous and complete is retried, then the rule chunker is used.",
         "rule",
     )
-    chunker_retries: int = doc("LLM chunker: sampled retries after the greedy attempt before falling back to rules.", 2)
+    chunker_retries: int = doc("LLM chunker: retries after a reply that does not validate, before falling back to rules "
+                               "(4: five attempts in all, as the release).", 4)
     chunker_max_tokens: int = doc("LLM chunker: token cap of the JSON answer.", 512)
     rollouts: int = doc("N: Monte-Carlo rollouts per prefix (N_sum); the Hoeffding half-width shrinks as 1/sqrt(N).", 8)
     temperature: float = doc("Sampling temperature of the rollouts.", 0.7)

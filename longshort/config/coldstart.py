@@ -23,11 +23,22 @@ class ColdstartConfig:
     keep_first: bool = doc("The first thought is always important, so every transcript opens with a long turn (as the protocol does).", True)
     rewriter: Literal["rule", "llm"] = doc(
         "How runs of unimportant thoughts become short turns: `rule` keeps only computations that produce a new "
-        "result (else the latest result); `llm` prompts `rewriter_model` to compress them, validated, rule fallback.",
+        "result (else the latest result); `llm` prompts `rewriter_model` for a concise restatement that keeps every "
+        "number and result (its thinking part stripped), validated, with the rule rewrite as fallback.",
         "rule",
     )
-    rewriter_model: str | None = doc("llm rewriter: model dir; null = `analysis.model`, else `model.base`. Also the tokenizer for the statistics.", None, path=True)
-    rewriter_max_tokens: int = doc("llm rewriter: token cap of one compressed run.", 128)
+    rewriter_model: str | None = doc(
+        "llm rewriter: a local instruct model dir (a separate model, as in the paper); null = `analysis.model`, else "
+        "`model.base`. Also the tokenizer for the statistics.",
+        None,
+        path=True,
+    )
+    rewriter_max_tokens: int = doc("llm rewriter: token cap of one compressed run (a rewrite cut at the cap falls back to the rule).", 128)
+    max_fallback: float = doc(
+        "llm rewriter: the stage stops with an error when more than this share of its rewrites fall back to the rule "
+        "rewriter (a rewriter that mostly fails would silently be the rule one); 1.0 = never stop.",
+        0.1,
+    )
     max_turns: int | None = doc(
         "Most turns per transcript (long + short); later runs are folded into the final short turn. null = `protocol.max_turns`.", None
     )
@@ -37,6 +48,8 @@ class ColdstartConfig:
             raise ConfigError(f"key 'coldstart.top_k' must be >= 1, got {self.top_k}")
         if not 0 <= self.threshold <= 1:
             raise ConfigError(f"key 'coldstart.threshold' must be in [0, 1], got {self.threshold}")
+        if not 0 <= self.max_fallback <= 1:
+            raise ConfigError(f"key 'coldstart.max_fallback' must be in [0, 1], got {self.max_fallback}")
         if self.rewriter_max_tokens < 1:
             raise ConfigError(f"key 'coldstart.rewriter_max_tokens' must be >= 1, got {self.rewriter_max_tokens}")
         if self.max_turns is not None and self.max_turns < 2:

@@ -17,11 +17,12 @@ from longshort.data.rows import read_rows
 from longshort.grading import malformed_answer
 from longshort.io import Rejects, validated
 
-# Field names of common public trace sets, mapped to ours (OpenMath / OpenR1 style).
+# Field names of common public trace sets, mapped to ours (OpenMath / OpenR1 style; `question` and `thought` are
+# what the Long⊗Short release's chunker reads and its OpenMath-ThoughtChunk records carry).
 ALIASES = {
     "problem": ("problem", "question"),
     "answer": ("answer", "expected_answer", "gold"),
-    "response": ("response", "generated_solution", "generation"),
+    "response": ("response", "generated_solution", "generation", "thought"),
 }
 THINK_OPEN = "<think>\n"
 

@@ -3,16 +3,26 @@
 The reference engine (and the fallback where vLLM is unavailable): same interface and logprob semantics as
 the vLLM engine, plainly written, slower. Requests are grouped by role (one active adapter per forward pass),
 each role's rows are generated `engine.batch_size` at a time; finished rows leave the batch and the cache.
+`engine.lora_mode: merged`: each role runs on its own copy of the base with its LoRA merged in (no PEFT), updated
+in place by `set_adapter`; role None runs on the untouched base.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from longshort.config.core import EngineConfig
-from longshort.engines.base import Completion, GenRequest, SamplingParams, adapter_config, completion_text
+from longshort.engines.base import (
+    Completion,
+    GenRequest,
+    SamplingParams,
+    adapter_config,
+    completion_text,
+    resolve_lora_mode,
+)
 from longshort.errors import UserError
 from longshort.models import load_tokenizer
 from longshort.precision import resolve_dtype
@@ -41,8 +51,9 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.cfg = cfg
+        self.cfg, self.model_path = cfg, str(model_path)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.lora_mode = resolve_lora_mode(cfg.lora_mode, self.device.type)
         self.dtype = resolve_dtype(cfg.dtype, self.device.type)  # `auto`: bf16 on CUDA, measured on CPU
         self.model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=getattr(torch, self.dtype)).to(self.device).eval()
         self.tokenizer = load_tokenizer(model_path)
@@ -52,6 +63,7 @@ class HFEngine:
         self._rng = random.Random(seed)  # seeds of requests that bring none
         self._names: dict[str, str] = {}  # role -> name of its PEFT adapter inside the model
         self._paths: dict[str, str] = {}  # role -> the directory it was loaded from
+        self._merged: dict = {}  # merged mode: role -> its own model (base + its LoRA)
         self._next_id = 1
         for role, path in (adapters or {}).items():
             self.set_adapter(role, path)
@@ -64,6 +76,8 @@ class HFEngine:
         return dict(self._paths)
 
     def set_adapter(self, role: str, path: str) -> None:
+        if self.lora_mode == "merged":
+            return self._set_merged(role, path)
         from peft import PeftModel
 
         adapter_config(path)
@@ -81,17 +95,45 @@ class HFEngine:
             self.model.delete_adapter(old)
         self.model.eval()
 
+    def _set_merged(self, role: str, path: str) -> None:
+        """Merge `path` into `role`'s model, in place (its first adapter makes the copy of the base)."""
+        import torch
+
+        from longshort.engines.merge import checked, merged_weights
+
+        checked(self.model_path, path)  # a refused adapter stops here, with the served weights untouched
+        model = self._merged.get(role)
+        if model is None:
+            model = copy.deepcopy(self.model)
+            head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+            if head.weight is embed.weight:  # a LoRA on a tied head must not move the input embedding (merge.py)
+                head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+                model.config.tie_word_embeddings = False
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, w in merged_weights(self.model_path, path):
+                if name not in params:
+                    raise UserError(f"{self.model_path}: weight {name} of the base file is not a parameter of the loaded model")
+                params[name].copy_(w)
+        self._merged[role] = model
+        self._paths[role] = str(path)
+
     @contextmanager
     def _role(self, role: str | None):
-        """Run the block on `role`'s adapter, or on the bare base when role is None."""
+        """Run the block on `role`'s adapter, or on the bare base when role is None; yields the model to call."""
+        if self.lora_mode == "merged":
+            if role is not None and role not in self._merged:
+                raise UserError(f"engine has no adapter for role {role!r} (known: {sorted(self._merged)}); use role None for the base")
+            yield self.model if role is None else self._merged[role]
+            return
         if role is None:
             with self.model.disable_adapter() if self._names else nullcontext():
-                yield
+                yield self.model
             return
         if role not in self._names:
             raise UserError(f"engine has no adapter for role {role!r} (known: {sorted(self._names)}); use role None for the base")
         self.model.set_adapter(self._names[role])
-        yield
+        yield self.model
 
     # -- generation -------------------------------------------------------------------------------------------
 
@@ -108,14 +150,14 @@ class HFEngine:
                 )
         out: list[list[Completion | None]] = [[None] * r.params.n for r in requests]
         for role, group in rows.items():
-            with self._role(role):
+            with self._role(role) as model:
                 for at in range(0, len(group), self.cfg.batch_size):
-                    self._generate_batch(group[at : at + self.cfg.batch_size])
+                    self._generate_batch(model, group[at : at + self.cfg.batch_size])
             for row in group:
                 out[row.req][row.k] = self._completion(row)
         return out  # type: ignore[return-value]
 
-    def _generate_batch(self, rows: list[_Row]) -> None:
+    def _generate_batch(self, model, rows: list[_Row]) -> None:
         import torch
 
         dev = self.device
@@ -132,7 +174,7 @@ class HFEngine:
         cache = None
         with torch.inference_mode():
             while active:
-                out = self.model(
+                out = model(
                     input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
                 )
                 cache = out.past_key_values
@@ -209,7 +251,7 @@ class HFEngine:
         for i, r in enumerate(roles):
             by_role.setdefault(r, []).append(i)
         for role, idx in by_role.items():
-            with self._role(role), torch.inference_mode():
+            with self._role(role) as model, torch.inference_mode():
                 for at in range(0, len(idx), self.cfg.batch_size):
                     chunk = idx[at : at + self.cfg.batch_size]
                     width = max(len(sequences[i]) for i in chunk)
@@ -218,7 +260,7 @@ class HFEngine:
                     for j, i in enumerate(chunk):  # right padding: positions start at 0 for every row
                         ids[j, : len(sequences[i])] = torch.tensor(sequences[i])
                         mask[j, : len(sequences[i])] = 1
-                    logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                    logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                     for j, i in enumerate(chunk):  # one row at a time: a full-vocab float32 copy per row only
                         seq, s = sequences[i], start[i]
                         lp = torch.log_softmax(logits[j, s - 1 : len(seq) - 1].float(), dim=-1)
@@ -229,5 +271,5 @@ class HFEngine:
     def close(self) -> None:
         import gc
 
-        self.model = None
+        self.model, self._merged = None, {}
         gc.collect()

@@ -29,8 +29,9 @@ def base_files(model_path: str) -> list[Path]:
     return files
 
 
-def lora_deltas(adapter_path: str) -> dict[str, tuple[object, object, float, bool]]:
-    """{base weight name: (A, B, scale, is_embedding)} of the PEFT LoRA adapter at `adapter_path`."""
+def lora_deltas(adapter_path: str) -> tuple[dict[str, tuple[object, object, float, bool]], dict[str, object]]:
+    """{base weight name: (A, B, scale, is_embedding)} of the PEFT LoRA adapter at `adapter_path`, and the base
+    weights it carries itself ({name: tensor}: PEFT saves the head's / embedding's base weight with a LoRA on it)."""
     from safetensors.torch import load_file
 
     cfg = adapter_config(adapter_path)
@@ -49,8 +50,11 @@ def lora_deltas(adapter_path: str) -> dict[str, tuple[object, object, float, boo
     tensors = load_file(str(file))
     alpha, r = float(cfg["lora_alpha"]), int(cfg["r"])
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-    out = {}
+    out, saved = {}, {}
     for name, a in tensors.items():
+        if name.endswith(".base_layer.weight"):
+            saved[name[len(PREFIX) if name.startswith(PREFIX) else 0 : -len(".base_layer.weight")] + ".weight"] = a
+            continue
         for tag, emb in ((".lora_A.weight", False), (".lora_embedding_A", True)):
             if name.endswith(tag):
                 module = name[len(PREFIX) if name.startswith(PREFIX) else 0 : -len(tag)]
@@ -62,7 +66,7 @@ def lora_deltas(adapter_path: str) -> dict[str, tuple[object, object, float, boo
         else:
             if "lora_B" not in name and "lora_embedding_B" not in name:
                 raise UserError(f"{file}: tensor {name} is not a LoRA A/B matrix; engine.lora_mode merged cannot merge it")
-    return out
+    return out, saved
 
 
 def merged_weights(model_path: str, adapter_path: str | None) -> Iterator[tuple[str, object]]:
@@ -90,7 +94,7 @@ def checked(model_path: str, adapter_path: str | None) -> tuple[list[Path], dict
     """(base files, LoRA deltas, whether the base ties its head) once the adapter is known to fit the base."""
     from safetensors import safe_open
 
-    deltas = lora_deltas(adapter_path) if adapter_path else {}
+    deltas, saved = lora_deltas(adapter_path) if adapter_path else ({}, {})
     files = base_files(model_path)
     shapes: dict[str, tuple[int, ...]] = {}
     for file in files:
@@ -108,6 +112,15 @@ def checked(model_path: str, adapter_path: str | None) -> tuple[list[Path], dict
         if update != shapes[name]:
             raise UserError(f"{adapter_path}: the LoRA of {name} gives a {update} update for a {shapes[name]} weight "
                             f"(an adapter for another base than {model_path}?)")
+    for name, w in saved.items():  # the merge starts from the base's own weights: they must be the same
+        source, base = (EMBED if tied and name == HEAD else name), None
+        for file in files:
+            with safe_open(str(file), "pt") as f:
+                if source in f.keys():
+                    base = f.get_tensor(source)
+        if base is None or base.shape != w.shape or not bool((base.float() == w.float()).all()):
+            raise UserError(f"{adapter_path}: the adapter carries its own base weight for {name}, different from the base "
+                            f"at {model_path}; engine.lora_mode merged merges into the base's weights (use lora_mode adapter)")
     return files, deltas, tied
 
 

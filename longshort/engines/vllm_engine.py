@@ -22,7 +22,14 @@ import tempfile
 from pathlib import Path
 
 from longshort.config.core import EngineConfig
-from longshort.engines.base import Completion, GenRequest, SamplingParams, adapter_config, completion_text, resolve_lora_mode
+from longshort.engines.base import (
+    Completion,
+    GenRequest,
+    SamplingParams,
+    adapter_config,
+    completion_text,
+    resolve_lora_mode,
+)
 from longshort.errors import ConfigError, UserError
 from longshort.models import load_tokenizer
 from longshort.precision import resolve_dtype

@@ -133,3 +133,20 @@ def prompt_limit(setup: Setup, cap: int) -> int:
 def solution_ok(turn: Turn) -> bool:
     """A solution call obeys its format when it finished on its own and boxed an answer."""
     return turn.finish_reason != "length" and extract_boxed(turn.text) is not None
+
+
+def tool_setup(engine: Any, max_model_len: int, seed: int) -> Setup:
+    """The `Setup` of calls that serve no role and no protocol (the analysis chunker, the cold-start rewriter):
+    `base_call`s read neither the protocol nor the role settings, so both are the defaults."""
+    return Setup(engine, ProtocolConfig(), RolesConfig(), max_model_len, seed)
+
+
+def base_call(setup: Setup, episode: Episode, user: str, kind: str, temperature: float, cap: int, seed: int) -> Call | None:
+    """A fresh-context call of the served base model on one user message without a system prompt (a tool that reads
+    a trace: the chunker, the rewriter), capped by `room` like every protocol call; None if the prompt leaves no room."""
+    ids = encode(setup.tokenizer, prompt_text(setup.tokenizer, "", user, [], "assistant"))
+    max_tokens = room(setup, episode, -1, ids, cap)
+    if max_tokens < 1:
+        return None
+    params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    return Call(episode=episode, role="base", prompt_ids=ids, params=params, kind=kind)

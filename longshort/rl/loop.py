@@ -375,7 +375,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
     if not all(getattr(recipe.roles, role).adapter for role in ROLES):  # a fresh adapter wraps rl.lora_targets
         check_lora_targets(Path(base), cfg.lora_targets, "rl.lora_targets", recipe.model.trust_remote_code)
 
-    started_ray = connect_ray(cfg.ray_address or ray_address, cfg.ray_num_cpus)
+    started_ray = connect_ray(ray_address or cfg.ray_address, cfg.ray_num_cpus)  # the command line beats the recipe
     pool: RolloutPool | None = None
     learner: LearnerGroup | None = None
     ckpt_root = run_dir / "checkpoints"

@@ -5,6 +5,10 @@ MB; the base never moves); every rollout worker writes them to a fresh folder an
 new LoRA id. Then each worker scores a probe sequence per role with its engine and the learner scores the
 same tokens: if any |engine − learner| logprob exceeds the tolerance, the engine is serving something other
 than the learner's current adapter (stale, half-loaded, wrong role) and the run stops with `SyncError`.
+
+With `engine.lora_mode: merged` the same files travel and `set_adapter` merges them into the role's own copy of
+the base in place (docs/engines.md, "Merged roles"); the probe then measures the merged weights, so a stale or
+wrong merge fails the same check.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 import ray
 
 from longshort.config.recipe import Recipe
+from longshort.engines.base import resolve_lora_mode
 from longshort.precision import SYNC_TOLERANCE, record, resolve_dtype
 
 
@@ -28,6 +33,7 @@ class SyncError(RuntimeError):
 def resolve_precision(recipe: Recipe) -> tuple[Recipe, dict[str, Any]]:
     """A copy of `recipe` with concrete dtypes for the learner (model.dtype) and the engines (engine.dtype) on the
     devices their actors reserve, and rl.sync_tolerance from them when it is null; plus the record of the choice.
+    `engine.lora_mode: auto` is resolved here too (merged on CPU rollout actors, adapter on GPU ones).
 
     Resolved once, in the driver, so every actor runs the dtype the tolerance was chosen for (on CPU nodes `auto`
     is measured on the driver's CPU: a Ray cluster's CPU nodes are assumed to be alike)."""
@@ -36,11 +42,13 @@ def resolve_precision(recipe: Recipe) -> tuple[Recipe, dict[str, Any]]:
     devices = {"learner": "cuda" if rl.learner_gpus > 0 else "cpu", "engine": "cuda" if rl.rollout_gpus > 0 else "cpu"}
     out.model.dtype = resolve_dtype(recipe.model.dtype, devices["learner"])
     out.engine.dtype = resolve_dtype(recipe.engine.dtype, devices["engine"])
+    out.engine.lora_mode = resolve_lora_mode(recipe.engine.lora_mode, devices["engine"])
     if rl.sync_tolerance is None:
         rl.sync_tolerance = max(SYNC_TOLERANCE[out.model.dtype], SYNC_TOLERANCE[out.engine.dtype])
     info = {
         "learner": record(recipe.model.dtype, out.model.dtype, devices["learner"]),
         "engine": record(recipe.engine.dtype, out.engine.dtype, devices["engine"]),
+        "engine_lora_mode": {"requested": recipe.engine.lora_mode, "resolved": out.engine.lora_mode, "device": devices["engine"]},
         "sync_tolerance": rl.sync_tolerance,
         "sync_tolerance_from": "recipe" if recipe.rl.sync_tolerance is not None else "dtype",
         "gradient_checkpointing": rl.gradient_checkpointing,
