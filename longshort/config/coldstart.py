@@ -28,7 +28,7 @@ class ColdstartConfig:
         "rule",
     )
     rewriter_model: str | None = doc(
-        "llm rewriter: a local instruct model dir (a separate model, as in the paper); null = `analysis.model`, else "
+        "llm rewriter: a local instruct model dir (a separate model, not the reasoner); null = `analysis.model`, else "
         "`model.base`. Also the tokenizer for the statistics.",
         None,
         path=True,

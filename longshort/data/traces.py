@@ -18,7 +18,7 @@ from longshort.grading import malformed_answer
 from longshort.io import Rejects, validated
 
 # Field names of common public trace sets, mapped to ours (OpenMath / OpenR1 style; `question` and `thought` are
-# what the Long⊗Short release's chunker reads and its OpenMath-ThoughtChunk records carry).
+# what the Long⊗Short release's chunker reads and the records it writes carry).
 ALIASES = {
     "problem": ("problem", "question"),
     "answer": ("answer", "expected_answer", "gold"),
