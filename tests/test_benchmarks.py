@@ -89,10 +89,13 @@ def test_gpqa_options_folded_into_the_problem(tmp_path):
     b = load_benchmark("gpqa-diamond", path=path)
     letters = set()
     for i, r in enumerate(b.rows):
-        options = {line[1]: line[4:] for line in r["problem"].splitlines()[2:]}  # "(A) text"
-        assert sorted(options) == ["A", "B", "C", "D"] and options[r["answer"]] == f"right{i}"
-        letters.add(r["answer"])
+        options = {line[1]: line[4:] for line in r["problem"].splitlines()[2:6]}  # "(A) text"
+        assert sorted(options) == ["A", "B", "C", "D"] and r["answer"] == f"right{i}"  # graded on the text
+        assert "not its letter" in r["problem"]
+        letters.update(k for k, v in options.items() if v == r["answer"])
     assert len(letters) > 1  # the correct option is not always (A)
+    from longshort.grading import grade_many
+    assert grade_many(["\\boxed{right0}", "\\boxed{B}"], [b.rows[0]["answer"]] * 2) == [True, False]
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -78,3 +78,17 @@ def test_needed_rethink_is_not_penalised():
     assert needless_rethinks(ep) == 0
     assign_rewards([ep, _episode([_turn("long", "x", 5, ok=False)], None, sample=1)], RewardConfig(), short_max_tokens=10)
     assert ep.rewards["short"]["synergy"] == 1.0
+
+
+def test_paper_preset_is_the_shared_outcome_reward(tmp_path):
+    """`rl.rewards: paper` gives both roles of an episode the grader's verdict and nothing else (docs/rl.md)."""
+    from longshort.config import load_recipe
+    from longshort.errors import ConfigError
+
+    w = load_recipe("recipes/tiny/rl.yaml", ["rl.rewards=paper"]).rl.rewards
+    right = _episode([_turn("long", "<think> 1+19=20", 30, ok=False), _turn("short", "<answer> \\boxed{20} </answer>", 4)], "20")
+    wrong = _episode([_turn("long", "<think> 1+19=21 </think>", 5), _turn("short", "<answer> \\boxed{21} </answer>", 2)], "21", sample=1)
+    assign_rewards([right, wrong], w, short_max_tokens=16)
+    assert [ep.rewards[r]["total"] for ep in (right, wrong) for r in ("long", "short")] == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="rl.rewards.*unknown preset 'papr'"):
+        load_recipe("recipes/tiny/rl.yaml", ["rl.rewards=papr"])

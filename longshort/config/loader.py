@@ -115,6 +115,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             return value
         raise bad()
     if dataclasses.is_dataclass(tp):
+        presets = getattr(tp, "PRESETS", None)  # a section may be named by a preset (`rl.rewards: paper`)
+        if isinstance(value, str) and presets:
+            if value not in presets:
+                raise ConfigError(f"{where}: key '{key}': unknown preset {value!r} (one of {', '.join(presets)}, or a mapping)")
+            value = presets[value]
         if not isinstance(value, dict):
             raise bad()
         return build(tp, value, where, prefix=key + ".")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from longshort.config.loader import doc
 from longshort.errors import ConfigError
@@ -11,6 +11,11 @@ from longshort.errors import ConfigError
 
 @dataclass
 class RewardConfig:
+    # `rl.rewards: paper` is the Long⊗Short paper's reward: the shared outcome reward alone. Our default adds a
+    # format, a length and a synergy term per role (docs/rl.md, "Rewards": they are ours, not the paper's).
+    PRESETS: ClassVar[dict[str, dict[str, float]]] = {
+        "paper": {"correct": 1.0, "format": 0.0, "length": 0.0, "synergy": 0.0},
+    }
     correct: float = doc("Weight of the correctness reward c ∈ {0, 1} (grader verdict on the final answer), shared by both roles.", 1.0)
     format: float = doc("Weight of the per-role format reward −(malformed turns / turns of the role) (tag parser verdict).", 0.2)
     length: float = doc(
@@ -59,7 +64,11 @@ class RLConfig:
         "token_mean",
     )
     max_grad_norm: float = doc("Gradient clipping (global L2 norm per role); 0 = off.", 1.0)
-    rewards: RewardConfig = doc("Reward weights (each component is also logged unweighted).", factory=RewardConfig)
+    rewards: RewardConfig = doc(
+        "Reward weights (each component is also logged unweighted), or `paper`: the Long⊗Short paper's shared outcome reward "
+        "alone (correct 1, format/length/synergy 0).",
+        factory=RewardConfig,
+    )
     lora_r: int = doc("LoRA rank of a fresh adapter (used when roles.<role>.adapter is null).", 8)
     lora_alpha: int = doc("LoRA alpha of a fresh adapter.", 16)
     lora_targets: list[str] = doc(

@@ -161,9 +161,10 @@ def _row_id(obj: dict[str, Any], fallback: str) -> str:
 
 
 def _gpqa(obj: dict[str, Any]) -> dict[str, Any]:
-    """GPQA: fold the four options into the problem as lettered choices; the gold becomes the letter.
+    """GPQA: fold the four options into the problem; the gold is the correct option's text, not a letter.
 
-    The option order is a deterministic shuffle keyed by the record id, so the correct answer is not always (A).
+    Graded against the text, as our math grader compares answers (a letter would be right one time in four by
+    chance and means nothing outside this shuffle). The order is a deterministic shuffle keyed by the record id.
     """
     question = _text(obj, ("Question", "question"), "question")
     keys = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
@@ -172,7 +173,8 @@ def _gpqa(obj: dict[str, Any]) -> dict[str, Any]:
     order = sorted(range(4), key=lambda i: hashlib.sha256(f"{rid}:{i}".encode()).hexdigest())
     letters = "ABCD"
     lines = [f"({letters[j]}) {options[i]}" for j, i in enumerate(order)]
-    return {"id": rid, "problem": question + "\n\n" + "\n".join(lines), "answer": letters[order.index(0)]}
+    ask = "Put the text of the correct option (not its letter) in \\boxed{}."
+    return {"id": rid, "problem": question + "\n\n" + "\n".join(lines) + "\n\n" + ask, "answer": options[0]}
 
 
 def _normalise(obj: dict[str, Any], source: str, fallback_id: str, after_hashes: bool = False) -> dict[str, str]:
