@@ -128,6 +128,20 @@ def test_rollouts_record_every_prefix_and_resume(vllm_engine, tmp_path):
     assert counts5["too_long"] == 1 and counts5["rolled_out"] == 0
 
 
+def test_each_prefix_gets_the_room_its_own_prompt_leaves(vllm_engine, tmp_path):
+    """A context that leaves the full prefix 2 tokens still lets prefix 0 (the bare `<think>`) generate up to its cap:
+    the room is per prompt (the protocols' rule), not the longest prompt's. Recorded as `rollout` turns."""
+    from longshort.data.traces import reasoner_prompt_ids
+
+    c = _chunked(1)[0]
+    longest = len(reasoner_prompt_ids(vllm_engine.tokenizer, "", c.trace.problem, c.trace.response[: c.prefix_end(len(c.thoughts))]))
+    settings = RolloutSettings(n=2, temperature=1.0, max_tokens=12, max_model_len=longest + 2, seed=0)
+    records, counts = run_rollouts(vllm_engine, [c], settings, tmp_path / "r.jsonl")
+    prefixes = records[c.trace.id]["prefixes"]
+    assert counts["rolled_out"] == 1 and max(prefixes[-1]["tokens"]) <= 2
+    assert max(prefixes[0]["tokens"]) > 2  # a random tiny model rarely stops within 2 tokens at T = 1
+
+
 # -- end to end -------------------------------------------------------------------------------------------
 
 

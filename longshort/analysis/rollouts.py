@@ -3,7 +3,9 @@ reasoning model, graded against the gold answer.
 
 Prompt of prefix i = the reasoner's chat prompt + the response up to the first step of thought i+1 (for i = n:
 up to `</think>`, never the tail, which holds the answer). i = 0 is the bare `<think>` opener. Every prefix of a
-batch of traces goes to the engine in ONE `generate` call with `n = N`. Each finished trace is appended to a
+batch of traces goes to the engine in ONE batched call with `n = N`, through the protocols' call layer
+(`Turn.kind` `rollout`, seeded by (run seed, trace, prefix)); each prefix may generate what ITS prompt leaves of
+`max_model_len` (up to `max_tokens`), not what the longest prefix leaves. Each finished trace is appended to a
 JSONL file (fsync'd); a rerun keeps the complete records, drops a torn last line, and skips finished traces.
 """
 
@@ -60,11 +62,6 @@ def signature(c: Chunked) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _seed(base: int, trace_id: str, i: int) -> int:
-    """A per-(trace, prefix) seed: results do not depend on batching, order or resumption."""
-    return int(hashlib.sha256(f"{base}:{trace_id}:{i}".encode()).hexdigest()[:8], 16)
-
-
 def load_done(path: Path, sigs: dict[str, str], n: int) -> dict[str, dict[str, Any]]:
     """Complete records of an earlier run whose chunking and N still match; rewrites the file without the rest."""
     if not path.is_file():
@@ -90,37 +87,44 @@ def run_rollouts(
     A record: id, signature, n, d_y, prefixes [{i, d_prefix, n_right, n_sum, answers, tokens, cut}]. Traces whose prompt
     leaves no room to generate under `max_model_len` are skipped and counted (`too_long`).
     """
-    from longshort.engines.base import GenRequest, SamplingParams
+    from longshort.engines.base import SamplingParams
     from longshort.grading import extract_answer, grade_many
+    from longshort.protocols.calls import Call, execute, room, seed_for, tool_setup
+    from longshort.types import Episode
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tok = engine.tokenizer
+    setup = tool_setup(engine, settings.max_model_len, settings.seed)
     sigs = {c.trace.id: signature(c) for c in chunked}
     records = load_done(out_path, sigs, settings.n)
     counts = {"resumed": len(records), "rolled_out": 0, "too_long": 0, "generations": 0}
     todo = [c for c in chunked if c.trace.id not in records]
     for b in range(0, len(todo), settings.batch_traces):
         batch = todo[b : b + settings.batch_traces]
-        requests, owners = [], []
+        calls, owners = [], []
         for c in batch:
             d_y, prefixes, _ = token_bounds(tok, c)
-            prompts = [reasoner_prompt_ids(tok, settings.system, c.trace.problem, c.trace.response[: c.prefix_end(i)]) for i in range(len(prefixes))]
-            room = settings.max_model_len - max(len(p) for p in prompts)
-            if room < 1:
+            # one episode per trace, one `rollout` call per prefix, each capped by the room ITS prompt leaves (a
+            # prefix of 0 thoughts may have to re-solve the whole problem): the protocols' context rule
+            ep = Episode(problem_id=c.trace.id, problem=c.trace.problem, gold=c.trace.answer, protocol="rollout")
+            trace_calls = []
+            for i in range(len(prefixes)):
+                ids = reasoner_prompt_ids(tok, settings.system, c.trace.problem, c.trace.response[: c.prefix_end(i)])
+                cap = room(setup, ep, -1, ids, settings.max_tokens)
+                seed = seed_for(settings.seed, "rollout", c.trace.id, i) if settings.seeded else None
+                params = SamplingParams(temperature=settings.temperature, top_p=settings.top_p, max_tokens=cap, n=settings.n, seed=seed)
+                trace_calls.append(Call(episode=ep, role=settings.role or "base", prompt_ids=ids, params=params, kind="rollout"))
+            if min(call.params.max_tokens for call in trace_calls) < 1:  # the full prefix leaves no room: no record
                 counts["too_long"] += 1
                 continue
-            for i, p in enumerate(prompts):
-                params = SamplingParams(
-                    temperature=settings.temperature, top_p=settings.top_p, max_tokens=min(settings.max_tokens, room),
-                    n=settings.n, seed=_seed(settings.seed, c.trace.id, i) if settings.seeded else None,
-                )
-                requests.append(GenRequest(p, settings.role, params))
-                owners.append((c, i, d_y, prefixes[i]))
-        if not requests:
+            calls += trace_calls
+            owners += [(c, i, d_y, prefixes[i]) for i in range(len(prefixes))]
+        if not calls:
             continue
-        results = engine.generate(requests)
-        texts = [comp.text for comps in results for comp in comps]
+        execute(setup, calls)
+        results = [[call.episode.turns[t] for t in call.turns] for call in calls]
+        texts = [turn.text for turns in results for turn in turns]
         rule = "boxed" if settings.require_boxed else "lenient"
         golds = [owners[k][0].trace.answer for k, comps in enumerate(results) for _ in comps]
         right = iter(grade_many(texts, golds, rule=rule))
@@ -132,7 +136,7 @@ def run_rollouts(
             rec["prefixes"].append(
                 {"i": i, "d_prefix": d_prefix, "n_right": sum(oks), "n_sum": len(comps), "answers": [next(answers) for _ in comps],
                  # what each continuation cost, and whether it ran out of room (a cut rollout is graded wrong)
-                 "tokens": [len(x.token_ids) for x in comps], "cut": sum(x.finish_reason == "length" for x in comps)}
+                 "tokens": [len(x.completion_ids) for x in comps], "cut": sum(x.finish_reason == "length" for x in comps)}
             )
             counts["generations"] += len(comps)
         for c in batch:
