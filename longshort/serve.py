@@ -29,6 +29,7 @@ from longshort.types import ROLES, Episode
 
 MAX_BODY = 1 << 20  # bytes of one request body: a chat request is text, so 1 MiB is generous
 READ_TIMEOUT_S = 60  # a client that stops sending mid-request frees its thread after this long
+DRAIN_MAX = 32 << 20  # bytes of an oversized body read and dropped so that its sender reads the 413, not a reset
 DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
@@ -131,9 +132,10 @@ class Service:
         self.lock = threading.Lock()
 
     def solve(self, problem: str, max_tokens: int | None = None, temperature: float | None = None,
-              request_id: str = "chat") -> Episode:
-        """One episode of the served protocol on `problem`. `max_tokens` caps every generation call (each turn,
-        draft, refinement), `temperature` sets every call's sampling; the id seeds the sampling (protocols/)."""
+              request_id: str = "chat", protocol: str | None = None) -> Episode:
+        """One episode of `protocol` (default: the served one) on `problem`. `max_tokens` caps every generation
+        call (each turn, draft, refinement), `temperature` sets every call's sampling; the id seeds the sampling
+        (protocols/). Any protocol runs on the one engine: it serves both roles and the base."""
         from longshort.protocols import run_protocol
 
         recipe = copy.deepcopy(self.recipe)  # per request: concurrent requests may ask for different settings
@@ -146,7 +148,7 @@ class Service:
                 c.temperature = temperature
             recipe.protocol.sr_temperature = recipe.protocol.pdr_temperature = temperature
         with self.lock:
-            (ep,) = run_protocol(self.protocol, self.engine, [{"id": request_id, "problem": problem, "answer": ""}], recipe)
+            (ep,) = run_protocol(protocol or self.protocol, self.engine, [{"id": request_id, "problem": problem, "answer": ""}], recipe)
         ep.correct = None  # no gold: nothing was graded
         return ep
 
@@ -215,6 +217,7 @@ class ChatRequest:
     temperature: float | None
     stream: bool
     include_usage: bool
+    protocol: str | None = None
 
 
 def _text(content: Any, where: str) -> str:
@@ -276,7 +279,15 @@ def parse_chat(raw: bytes, model: str) -> ChatRequest:
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         raise RequestError(400, "give 'max_tokens' or 'max_completion_tokens', not both", "max_tokens")
     cap = _number(body, "max_tokens", 1, 1 << 31, True) or _number(body, "max_completion_tokens", 1, 1 << 31, True)
-    return ChatRequest(problem, cap, _number(body, "temperature", 0, 2, False), stream, options.get("include_usage", False))
+    # `protocol`, a longshort extension: another protocol than the served one for this request, on the same engine.
+    from longshort.protocols import PROTOCOLS
+
+    protocol = body.get("protocol")
+    if protocol is not None and (not isinstance(protocol, str) or protocol not in PROTOCOLS):  # a list is unhashable
+        raise RequestError(400, f"'protocol': unknown protocol {json.dumps(protocol)} (choose from {', '.join(PROTOCOLS)})",
+                           "protocol")
+    return ChatRequest(problem, cap, _number(body, "temperature", 0, 2, False), stream, options.get("include_usage", False),
+                       protocol)
 
 
 def completion(ep: Episode, request_id: str, model: str, created: int) -> dict[str, Any]:
@@ -337,13 +348,14 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(RequestError(405, f"use GET for {path}"), allow="GET")
         if path != "/v1/chat/completions":
             return self._error(RequestError(404, f"no such path: {self.path}"))
-        try:  # reading the body may raise a disconnect or a timeout: `handle` / the stdlib log those
+        try:  # reading the body may raise a disconnect (`handle` logs it) or a timeout (the stdlib's "Request timed out")
             request = parse_chat(self._body(), self.server.service.model)
         except RequestError as e:
             return self._error(e)
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         try:
-            ep = self.server.service.solve(request.problem, request.max_tokens, request.temperature, request_id)
+            ep = self.server.service.solve(request.problem, request.max_tokens, request.temperature, request_id,
+                                           request.protocol)
         except UserError as e:  # settings the protocol refuses (PDR greedy with parallel drafts)
             return self._error(RequestError(400, str(e)))
         except Exception as e:  # noqa: BLE001 - one failed episode answers 500; the server keeps serving
@@ -375,6 +387,10 @@ class Handler(BaseHTTPRequestHandler):
         if not length.isdigit():
             raise RequestError(400, f"Content-Length {length!r} is not a byte count")
         if int(length) > MAX_BODY:
+            # A client still sending a body the server closes on gets a reset and never reads the answer: drop it first.
+            left = min(int(length), DRAIN_MAX)
+            while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+                left -= len(chunk)
             raise RequestError(413, f"request body of {length} bytes is over the limit of {MAX_BODY}")
         raw = self.rfile.read(int(length))
         if len(raw) < int(length):

@@ -157,6 +157,11 @@ def test_models_and_health(served):
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}], "stream": "yes"}, 400, "'stream'"),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}], "n": 2}, 400, "'n'"),
     ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}], "model": "gpt-4"}, 404, "not served"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}], "protocol": "tot"}, 400, "unknown protocol"),
+    ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}], "protocol": ["pdr"]}, 400,
+     "unknown protocol"),
+    ("POST", "/v1/chat/completions", b"", 400, "not valid JSON"),
+    ("PUT", "/v1/chat/completions", {"messages": [{"role": "user", "content": "1+1"}]}, 405, "not allowed"),
     ("POST", "/v1/completions", {"prompt": "1+1"}, 404, "no such path"),
     ("GET", "/nowhere", None, 404, "no such path"),
     ("GET", "/v1/chat/completions", None, 405, "use POST"),
@@ -171,6 +176,56 @@ def test_bad_requests_get_a_json_error(served, method, path, body, status, says)
     assert says in error["message"] and error["type"] == "invalid_request_error"
     if status == 405:
         assert headers["Allow"]
+
+
+def test_a_request_may_run_another_protocol_on_the_same_engine(served):
+    server, service = served
+    status, _, raw = chat(server, temperature=0, max_tokens=4, protocol="long_cot")
+    body = json.loads(raw)
+    assert status == 200 and body["longshort"]["protocol"] == "long_cot", raw
+    ep = service.solve(PROBLEM, max_tokens=4, temperature=0.0, protocol="long_cot")
+    assert ep.protocol == "long_cot" and len(ep.turns) == 1  # one call, not the served long_short's alternation
+    assert body["usage"]["turns"] == 1 and body["usage"]["b_seq"] == body["usage"]["b_total"] == ep.b_total
+    assert body["choices"][0]["message"]["content"] == reply(ep)[0]
+    status, _, raw = chat(server, temperature=0, max_tokens=4)  # the next request without the field: the served one
+    assert status == 200 and json.loads(raw)["longshort"]["protocol"] == "long_short"
+
+
+def raw_request(server, data: bytes) -> tuple[int, dict]:
+    """Status and JSON body of one hand-written HTTP request (what http.client will not send)."""
+    with socket.create_connection(server.server_address[:2], timeout=60) as s:
+        s.sendall(data)
+        res = http.client.HTTPResponse(s)
+        res.begin()
+        return res.status, json.loads(res.read())
+
+
+def test_a_body_without_length_or_over_the_limit_is_refused_unread(served):
+    from longshort.serve import MAX_BODY
+
+    server, _ = served
+    status, body = raw_request(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 411 and "Content-Length" in body["error"]["message"]
+    status, body = raw_request(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n")
+    assert status == 400 and "byte count" in body["error"]["message"]
+    # A real client sending a whole oversized body gets the 413, not a broken pipe (it still sends as it is refused).
+    for size in (MAX_BODY + 1, 4 * MAX_BODY):
+        status, _, raw = call(server, "POST", "/v1/chat/completions", b"x" * size)
+        assert status == 413 and "over the limit" in json.loads(raw)["error"]["message"]
+    assert chat(server, temperature=0, max_tokens=2)[0] == 200  # and the server goes on
+
+
+def test_a_client_that_stalls_mid_body_is_closed_after_the_read_timeout(served, monkeypatch, capfd):
+    from longshort.serve import Handler
+
+    server, _ = served
+    monkeypatch.setattr(Handler, "timeout", 1)  # READ_TIMEOUT_S, shortened: a connection reads it when it opens
+    with socket.create_connection(server.server_address[:2], timeout=30) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"messa")
+        assert s.recv(1) == b""  # the server closed the connection, answering nothing
+    assert chat(server, temperature=0, max_tokens=2)[0] == 200
+    err = capfd.readouterr().err
+    assert "Request timed out" in err and "Traceback" not in err  # the stdlib's one line
 
 
 def test_pdr_on_the_same_engine_and_a_setting_it_refuses(served):

@@ -6,11 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from longshort.commands.common import add_recipe_arguments, recipe_from
+from longshort.commands.common import add_recipe_arguments, add_run_arguments, recipe_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p)
+    add_run_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"key 'analysis.delta': {cfg.delta!r} is not a function")
     if cfg.adapter and not (Path(cfg.adapter) / "adapter_config.json").is_file():
         raise ConfigError(f"key 'analysis.adapter': {cfg.adapter} is not a PEFT adapter directory (no adapter_config.json)")
-    summary = analyze(recipe)
+    summary = analyze(recipe, show_progress=not args.no_progress)
     print(json.dumps(summary, indent=2))
     print(f"wrote {recipe.run_dir / 'thoughts.jsonl'}")
     return 0

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from longshort.commands.common import add_recipe_arguments, recipe_from
+from longshort.commands.common import add_recipe_arguments, add_run_arguments, recipe_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p)
+    add_run_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:

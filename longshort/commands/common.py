@@ -13,8 +13,38 @@ def add_recipe_arguments(p: argparse.ArgumentParser, required: bool = True) -> N
     p.add_argument("overrides", nargs="*", metavar="key=value", help="Recipe overrides, dotted keys (sft.lr=1e-4).")
 
 
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the commands that work in a run directory (sft, rl, analyze, coldstart, pipeline): shorthands for
+    `run.*` keys, applied after the key=value overrides (`apply_run_arguments`), so a flag wins."""
+    p.add_argument("--out", metavar="DIR", help="Run directory (sets run.out_dir and run.name; default <run.out_dir>/<run.name>).")
+    p.add_argument("--seed", type=int, help="Global seed (run.seed).")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="Continue from what the run directory holds (run.resume=auto, the default); --no-resume starts over.")
+
+
+def apply_run_arguments(recipe: Recipe, args: argparse.Namespace) -> Recipe:
+    """`add_run_arguments`' flags set on the loaded recipe: attributes, not override strings, so a directory named
+    `2024` or `yes` stays a string (YAML would read a number, a boolean)."""
+    from pathlib import Path
+
+    from longshort.config.loader import MAX_INT
+    from longshort.errors import UserError
+
+    if args.out is not None:
+        if not args.out.strip():
+            raise UserError("--out: empty path")
+        out = Path(args.out)
+        out = out.resolve() if out.name in ("", ".", "..") else out  # `--out .`: the folder's own name
+        recipe.run.out_dir, recipe.run.name = str(out.parent), out.name
+    if args.seed is not None:
+        recipe.run.seed = int(finite("--seed", args.seed, 0, MAX_INT))  # type: ignore[arg-type]
+    if args.resume is not None:
+        recipe.run.resume = "auto" if args.resume else "never"
+    return recipe
+
+
 def recipe_from(args: argparse.Namespace) -> Recipe:
-    return load_recipe(args.recipe, args.overrides)
+    return apply_run_arguments(load_recipe(args.recipe, args.overrides), args)
 
 
 def finite(flag: str, value: float | None, low: float = 0.0, high: float = math.inf) -> float | None:

@@ -7,11 +7,12 @@ import json
 import os
 import sys
 
-from longshort.commands.common import add_recipe_arguments
+from longshort.commands.common import add_recipe_arguments, add_run_arguments, apply_run_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p)
+    add_run_arguments(p)
     p.add_argument("--quick", action="store_true",
                    help="Smoke scale: apply the recipe's `pipeline.quick` overrides, write to `<run.name>-quick`.")
     p.add_argument("--no-progress", action="store_true", help="No progress bars (one line per stage only).")
@@ -33,7 +34,7 @@ def check(args: argparse.Namespace) -> int:
     from longshort.pipeline.plan import make_plan
 
     overrides = (quick_overrides(args.recipe) if args.quick else []) + list(args.overrides)
-    result = run_checks(make_plan(load_recipe(args.recipe, overrides), args.recipe), args.recipe)
+    result = run_checks(make_plan(apply_run_arguments(load_recipe(args.recipe, overrides), args), args.recipe), args.recipe)
     for line in result["skipped"]:
         print(f"longshort pipeline --check: skipped: {line}", file=sys.stderr)
     for line in result["problems"]:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         overrides = quick_overrides(args.recipe) + overrides
         where += " (--quick)"
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = apply_run_arguments(load_recipe(args.recipe, overrides), args)  # --out wins over --quick's run.name
     plan = make_plan(recipe, where)
     if args.dry_run:
         from longshort.pipeline.inputs import check_inputs

@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 
-from longshort.commands.common import add_recipe_arguments, recipe_from
+from longshort.commands.common import add_recipe_arguments, add_run_arguments, recipe_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p)
+    add_run_arguments(p)
     p.add_argument(
         "--ray-address",
         default=None,

@@ -16,17 +16,23 @@ def add_bundle_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export", required=True, metavar="DIR", help="A `longshort export` folder (manifest.json, role adapters).")
     p.add_argument("--protocol", choices=PROTOCOL_NAMES,
                    help="Protocol every question runs (default: the bundle's how_to_run.protocol, else protocol.name).")
+    p.add_argument("--seed", type=int, help="Sampling seed (run.seed; each request's calls are seeded by it and the request id).")
     add_recipe_arguments(p, required=False)
 
 
 def bundle_settings(args: argparse.Namespace) -> tuple[Any, str]:
     """The recipe `serve`/`chat` run with: --recipe, else the one the bundle's roles were trained with, else the
     defaults; plus overrides. With where it came from, for the start-up line."""
+    from longshort.commands.common import finite
     from longshort.config import load_recipe
+    from longshort.config.loader import MAX_INT
     from longshort.serve import bundle_recipe
 
     path = args.recipe or bundle_recipe(args.export)
-    return load_recipe(path, args.overrides), path or "defaults"
+    recipe = load_recipe(path, args.overrides)
+    if args.seed is not None:
+        recipe.run.seed = int(finite("--seed", args.seed, 0, MAX_INT))  # type: ignore[arg-type]
+    return recipe, path or "defaults"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import argparse
 
-from longshort.commands.common import add_recipe_arguments, recipe_from
+from longshort.commands.common import add_recipe_arguments, add_run_arguments, recipe_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_recipe_arguments(p)
+    add_run_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = recipe_from(args)
     from longshort.sft.trainer import Trainer
 
-    info = Trainer(recipe).run()
+    info = Trainer(recipe, progress=not args.no_progress).run()
     if info.get("metrics"):
         print(f"{recipe.run_dir}/final  role={info['role']} mode={info['mode']} "
               f"loss={info['metrics']['first_loss']:.4f}->{info['metrics']['final_loss']:.4f}")
