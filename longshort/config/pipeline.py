@@ -19,12 +19,34 @@ SYSTEMS = ("long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "
 
 
 @dataclass
+class GenerateConfig:
+    """`pipeline.task: generate`: the teacher whose sampled traces the analysis reads (`longshort data generate`)."""
+
+    model: str | None = doc(
+        "The teacher: a local HF model directory, served by the `engine` section and sampled on `data.train`'s "
+        "problems {id, problem, answer}; its correct traces become the analysis traces, so the model that wrote them "
+        "and the roles' base (`model.base`) may differ.",
+        None,
+        path=True,
+    )
+    samples: int = doc("Samples per problem (K); every correct one is kept.", 4)
+    temperature: float = doc("Sampling temperature of the teacher.", 0.6)
+    max_tokens: int = doc("Token cap of one sample; a sample cut there is counted as truncated, never kept.", 1024)
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.max_tokens < 1 or not self.temperature >= 0:
+            raise ConfigError("keys 'pipeline.generate.samples', 'max_tokens' (>= 1), 'temperature' (>= 0) out of range")
+
+
+@dataclass
 class PipelineConfig:
-    task: Literal["synthetic", "files"] = doc(
+    task: Literal["synthetic", "files", "generate"] = doc(
         "`synthetic`: generate the synthetic long-CoT task (section `synthetic`) into `<run>/data`; `files`: "
-        "traces {id, problem, answer, response} from `data.train` and held-out problems from `data.test`.",
+        "traces {id, problem, answer, response} from `data.train` and held-out problems from `data.test`; "
+        "`generate`: as `files`, but the traces are sampled from `pipeline.generate.model` on `data.train`'s problems.",
         "synthetic",
     )
+    generate: GenerateConfig = doc("`pipeline.task: generate`: the teacher and its sampling.", factory=GenerateConfig)
     train_reasoner: bool = doc(
         "Stage `reasoner`: full SFT of the base on the long traces (the long-CoT reasoner, the paper's R1-distilled "
         "model). false = the base itself is the reasoner (an instruct/reasoning model).",
@@ -71,6 +93,8 @@ class PipelineConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.task == "generate" and not self.generate.model:
+            raise ConfigError("key 'pipeline.generate.model' is required with pipeline.task: generate (the teacher's directory)")
         bad = [s for s in self.systems if s not in SYSTEMS]
         if bad:
             raise ConfigError(f"key 'pipeline.systems': unknown system {bad[0]!r} (choose from {', '.join(SYSTEMS)})")

@@ -32,9 +32,11 @@ def inputs(plan: Plan) -> list[Input]:
     base = Input("base", "model.base", str(plan.base), "model", "base" if tiny else None)
     reasoner = "reasoner" if cfg.train_reasoner else base.made_by
     rows: list[Input] = [base] if not tiny else []
-    if cfg.task == "files":
+    if cfg.task in ("files", "generate"):
         d = plan.stages["data"].recipe.data
         rows += [Input("data", "data.train", str(d.train), "file", None), Input("data", "data.test", str(d.test), "file", None)]
+    if cfg.task == "generate":
+        rows.append(Input("data", "pipeline.generate.model", str(cfg.generate.model), "model", None))
     train = ("train split", str(plan.train_file), "file", "data")
     model = ("reasoner", str(plan.reasoner), "model", reasoner)
     sft = [(f"sft_{r} adapter", str(plan.sft_adapter(r)), "adapter", f"sft_{r}") for r in ("long", "short")]

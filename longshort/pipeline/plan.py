@@ -245,7 +245,9 @@ def make_plan(pipeline: Recipe, where: str) -> Plan:
                 # the baseline runs Long⊗Short's RL settings (steps, problems, samples) plus its own reward overlay
                 "rl_length": deep_merge(cfg.rl, cfg.rl_length)}
     extras: dict[str, dict[str, Any]] = {
-        "data": {"task": cfg.task},
+        # the teacher of `task: generate` runs on the shared engine section, which the data stage cannot read
+        "data": {"task": cfg.task, **({"generate": dataclasses.asdict(cfg.generate), "engine": shared["engine"],
+                                       "system_prompt": shared["protocol"]["system_prompt"]} if cfg.task == "generate" else {})},
         "coldstart": {"task": cfg.task},
         "reasoner": {"train": cfg.train_reasoner, "source": cfg.reasoner_source,
                      "shipped": shipped.manifest_digest() if cfg.reasoner_source == "shipped" else None},

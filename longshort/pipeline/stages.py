@@ -51,21 +51,57 @@ def run_data(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     from longshort.data.traces import read_traces
     from longshort.io import Rejects
 
+    task = stage.extra["task"]
     if not r.data.train or not r.data.test:
-        raise UserError("pipeline.task files needs keys 'data.train' (traces) and 'data.test' (held-out problems)")
+        raise UserError(f"pipeline.task {task} needs keys 'data.train' ({'problems' if task == 'generate' else 'traces'}) "
+                        "and 'data.test' (held-out problems)")
     rejects = Rejects()
-    # the user's column names and split, as every other reader of rows takes them (data.fields, data.split)
-    train = [t.to_dict() for t in read_traces(r.data.train, on_error=r.data.on_error, rejects=rejects,
-                                              fields=r.data.fields, split=r.data.split)]
     # held-out problems carry no response: its column is the traces' alone
     test_fields = {k: v for k, v in field_map(r.data.fields).items() if k != "response"}
     test = load_benchmark("synthetic", path=r.data.test, on_error=r.data.on_error, fields=test_fields,
                           split=r.data.split)
-    write_jsonl(out / "train.jsonl", train)
+    counts: dict[str, Any] = {}
+    if task == "generate":
+        counts = generate_traces(stage, test_fields, rejects, progress)
+        n_train = counts["kept"]
+    else:
+        # the user's column names and split, as every other reader of rows takes them (data.fields, data.split)
+        train = [t.to_dict() for t in read_traces(r.data.train, on_error=r.data.on_error, rejects=rejects,
+                                                  fields=r.data.fields, split=r.data.split)]
+        write_jsonl(out / "train.jsonl", train)
+        n_train = len(train)
     write_jsonl(out / "test.jsonl", test.rows)
     if len(rejects) or test.rejects:
         write_jsonl(out / "rejects.jsonl", rejects.rows + test.rejects.rows)
-    return {"train": len(train), "test": len(test.rows), "rejected": len(rejects) + len(test.rejects)}
+    return {"train": n_train, "test": len(test.rows), "rejected": len(rejects) + len(test.rejects), **counts}
+
+
+def generate_traces(stage: Stage, fields: dict[str, str], rejects: Any, progress: bool) -> dict[str, Any]:
+    """`task: generate`: the teacher's correct traces on `data.train`'s problems into `train.jsonl`, resumable as
+    `data generate` is; the teacher, its sampling and the engine section come from the stage settings (plan.py)."""
+    from pathlib import Path
+
+    from longshort.analysis.sample import teacher_sampler
+    from longshort.config.core import EngineConfig
+    from longshort.data.benchmarks import load_problems
+    from longshort.data.generate import OUTCOMES, generate
+    from longshort.engines import make_engine
+
+    r, g, seed = stage.recipe, stage.extra["generate"], stage.recipe.run.seed
+    problems = load_problems(r.data.train, on_error=r.data.on_error, rejects=rejects, fields=fields, split=r.data.split)
+    engine_cfg = EngineConfig(**stage.extra["engine"])
+    engine = make_engine(engine_cfg.kind, g["model"], engine_cfg, {}, seed)
+    try:
+        sampler = teacher_sampler(engine, engine_cfg.max_model_len, seed, g["temperature"], g["max_tokens"],
+                                  stage.extra["system_prompt"])
+        stats = generate(problems, g["samples"], sampler, stage.dir / "train.jsonl", {**g, "seed": seed},
+                         Path(g["model"]).name, progress=progress)
+    finally:
+        engine.close()
+    if not stats["kept"]:
+        raise UserError(f"pipeline.task generate: none of the {stats['samples']} samples of {g['model']} was correct "
+                        f"({', '.join(f'{k} {stats[k]}' for k in OUTCOMES)}): no traces to analyse")
+    return {k: stats[k] for k in OUTCOMES}
 
 
 def run_sft(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
