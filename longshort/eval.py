@@ -29,6 +29,7 @@ from longshort.io import atomic_write_bytes, atomic_write_text, write_json
 from longshort.run import open_run
 from longshort.protocols import PROTOCOLS, run_protocol
 from longshort.run.settings import check, recorded, settings
+from longshort.stats import wilson
 from longshort.types import Episode, read_episodes, write_episodes
 
 PLOT = "accuracy_vs_bseq.png"
@@ -181,6 +182,10 @@ def result_row(protocol: str, benchmark: str, eps: list[Episode], origin: str | 
     if origin:
         row["origin"] = origin
     row.update(metrics(eps))
+    # n and a 95% Wilson interval for the accuracy: the K samples of a problem count as separate trials (exact
+    # for K = 1; for K > 1 the interval is too narrow by as much as the samples of a problem agree)
+    row["n"] = len(eps)
+    row["accuracy_ci"] = list(wilson(sum(bool(ep.correct) for ep in eps), len(eps)))
     return row
 
 
@@ -216,13 +221,16 @@ def summary_markdown(summary: dict[str, Any], plot: bool) -> str:
         f"Model `{summary['model']}`" + (f", adapters {summary['adapters']}" if summary["adapters"] else "")
         + f", engine `{summary['engine']}`, K = {summary['samples']} samples per problem.",
         "",
-        "| protocol | benchmark | problems | accuracy | lenient | pass@K | maj@K | tokens/problem | B_seq | B_total | turns "
-        "| rethink rate | format failures | latency (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| protocol | benchmark | problems | n | accuracy [95% CI] | ± std over K | lenient | pass@K | maj@K | tokens/problem "
+        "| B_seq | B_total | turns | rethink rate | format failures | latency (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in summary["results"]:
+        n = r.get("n", r["episodes"])  # rows an earlier version wrote into the folder have no n / interval
+        lo, hi = r.get("accuracy_ci") or wilson(r["accuracy"] * n, n)
+        acc = f"{r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" if n else "— (no episodes)"
         lines.append(
-            f"| {r['protocol']} | {r['benchmark']} | {r['problems']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} "
+            f"| {r['protocol']} | {r['benchmark']} | {r['problems']} | {n} | {acc} | {r['accuracy_std']:.3f} "
             f"| {r.get('accuracy_lenient', r['accuracy']):.3f} | {r['pass_at_k']:.3f} | {r['maj_at_k']:.3f} | {r['tokens_per_problem']:.1f} | {r['b_seq']:.1f} "
             f"| {r['b_total']:.1f} | {r['turns']:.2f} | {r['rethink_rate']:.3f} | {r['format_failure_rate']:.3f} "
             f"| {r['latency_s']:.2f} |"
@@ -233,8 +241,8 @@ def summary_markdown(summary: dict[str, Any], plot: bool) -> str:
         lines.append(f"- {r['protocol']} / {r['benchmark']}: {roles}")
     lines += [
         "",
-        "Accuracy is the mean over all problems × K samples (± the standard deviation across the K sample "
-        "indices), graded by the one rule of every protocol: the answer in the last \\boxed{} (docs/grading.md); "
+        "Accuracy is the mean over all n = problems × K samples episodes, with its 95% Wilson interval (the K samples "
+        "of a problem counted as separate trials) and the standard deviation across the K sample indices, graded by the one rule of every protocol: the answer in the last \\boxed{} (docs/grading.md); "
         "`lenient` also accepts a last number and is reported only; B_seq / B_total are mean generated tokens per episode along the critical path "
         "(each step's longest call) / over all calls (docs/budgets.md).",
     ]
@@ -243,33 +251,80 @@ def summary_markdown(summary: dict[str, Any], plot: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_png(results: list[dict[str, Any]]) -> bytes:
-    """Accuracy against mean B_seq: one marker per protocol, one point per benchmark, labelled."""
-    import io
-
+def new_figure(size: tuple[float, float] = (6.4, 4.4), dpi: int = 120) -> tuple[Any, Any]:
+    """A figure and its axes on the Agg backend (no display), laid out by matplotlib's constrained layout so that
+    axis labels, title and legend never overlap (the report card's and the sweep's plots use it too)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    return plt.subplots(figsize=size, dpi=dpi, layout="constrained")
+
+
+def to_png(fig: Any) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def annotate_apart(ax: Any, points: list[tuple[float, float, str]], fontsize: int = 7) -> None:
+    """Label each point beside it, right or left of it and a line up or down at a time, at the first place that
+    overlaps no label placed before and stays inside the axes (systems with the same accuracy, 0 and 1 are common
+    on small n, sit on one spot). The layout is fixed first (a draw) and the labels are kept out of it, so the
+    boxes measured here are where the labels are saved."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed: list[Any] = []
+    places = [(dx, 4 + 10 * dy) for j in range(len(points) + 1) for dy in ((0,) if j == 0 else (j, -j)) for dx in (5, -5)]
+    for x, y, label in points:
+        chosen = first = None
+        for dx, dy in places:
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                               ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            text.remove()
+            first = first or (dx, dy, box)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if not any(box.overlaps(b) for b in placed) and (inside or chosen is None):
+                chosen = (dx, dy, box)  # free; outside the axes only until a free place inside turns up
+                if inside:
+                    break
+        dx, dy, box = chosen or first  # no free place at all: the first one
+        text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                           ha="left" if dx > 0 else "right")
+        text.set_in_layout(False)
+        placed.append(box)
+
+
+def plot_figure(results: list[dict[str, Any]]) -> Any:
+    """Accuracy against mean B_seq: one marker per protocol, one point per benchmark, labelled."""
+    fig, ax = new_figure()
     markers = "osD^vP*X"
     protocols = sorted({r["protocol"] for r in results})
+    labels = []
     for i, name in enumerate(protocols):
         rows = [r for r in results if r["protocol"] == name and (r["benchmark"] != "all" or len(results) == 1)]
         if not rows:
             continue
         ax.scatter([r["b_seq"] for r in rows], [r["accuracy"] for r in rows], marker=markers[i % len(markers)], s=48, label=name)
-        for r in rows:
-            ax.annotate(r["benchmark"], (r["b_seq"], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        labels += [(r["b_seq"], r["accuracy"], r["benchmark"]) for r in rows]
     ax.set_xlabel("B_seq: mean tokens on the sequential path per episode")
     ax.set_ylabel("accuracy (mean over K samples)")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Accuracy against sequential budget")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    annotate_apart(ax, labels)
+    return fig
+
+
+def plot_png(results: list[dict[str, Any]]) -> bytes:
+    return to_png(plot_figure(results))

@@ -34,7 +34,7 @@ from longshort.config.loader import apply_overrides, build, to_dict
 from longshort.config.recipe import Recipe
 from longshort.data.benchmarks import Benchmark
 from longshort.errors import UserError
-from longshort.eval import EPISODE_KEYS, metrics, out_dir, run_benchmark
+from longshort.eval import EPISODE_KEYS, annotate_apart, metrics, new_figure, out_dir, run_benchmark, to_png
 from longshort.io import atomic_write_bytes, write_json
 from longshort.run import open_run
 from longshort.run.settings import check, recorded, settings
@@ -242,34 +242,32 @@ def _label(r: dict[str, Any], whole: bool = False) -> str:
 
 
 def plot_png(rows: list[dict[str, Any]], cost: str) -> bytes:
+    return to_png(plot_figure(rows, cost))
+
+
+def plot_figure(rows: list[dict[str, Any]], cost: str) -> Any:
     """Accuracy (95% Wilson) against mean `cost` (95% interval): one series per protocol, frontier marked."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     def bars(values: list[float], cis: list[list[float | None]]) -> list[list[float]]:
         # an interval written as null (n < 2) draws no bar
         return [[0.0 if lo is None or not math.isfinite(lo) else v - lo for v, (lo, _) in zip(values, cis)],
                 [0.0 if hi is None or not math.isfinite(hi) else hi - v for v, (_, hi) in zip(values, cis)]]
 
-    fig, ax = plt.subplots(figsize=(6.8, 4.6), dpi=120)
+    fig, ax = new_figure((6.8, 4.6))
     markers = "osD^vP*X"
     unique = list({(r["protocol"], r["run"]): r for r in rows}.values())
+    labels = []
     for i, name in enumerate(dict.fromkeys(r["protocol"] for r in unique)):
         mine = sorted((r for r in unique if r["protocol"] == name), key=lambda r: r[cost])
         xs, ys = [r[cost] for r in mine], [r["accuracy"] for r in mine]
         ax.errorbar(xs, ys, xerr=bars(xs, [r[f"{cost}_ci"] for r in mine]), yerr=bars(ys, [r["accuracy_ci"] for r in mine]),
                     fmt=markers[i % len(markers)] + "-", capsize=3, markersize=5, linewidth=1, label=name)
-        for r in mine:
-            ax.annotate(_label(r), (r[cost], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=6)
+        labels += [(r[cost], r["accuracy"], _label(r)) for r in mine]
     best = sorted((r for r in unique if r.get("frontier", {}).get(cost)), key=lambda r: (r[cost], r["accuracy"]))
     if best:
-        ax.step([r[cost] for r in best], [r["accuracy"] for r in best], where="post", color="0.3", linestyle="--", linewidth=1)
+        ax.step([r[cost] for r in best], [r["accuracy"] for r in best], where="post", color="0.3", linestyle="--", linewidth=1,
+                label="Pareto frontier")
         ax.scatter([r[cost] for r in best], [r["accuracy"] for r in best], s=160, facecolors="none", edgecolors="0.2",
-                   linewidths=1.2, label="Pareto frontier", zorder=3)
+                   linewidths=1.2, label="on the frontier", zorder=3)
     what = {"b_seq": "B_seq: mean tokens on the sequential path per episode", "b_total": "B_total: mean tokens generated per episode"}
     ax.set_xlabel(what[cost])
     ax.set_ylabel("accuracy (95% Wilson interval)")
@@ -277,11 +275,8 @@ def plot_png(rows: list[dict[str, Any]], cost: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Accuracy against {cost.replace('b_', 'B_')}, every protocol at every sweep point")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    annotate_apart(ax, labels, fontsize=6)
+    return fig
 
 
 def pareto_markdown(summary: dict[str, Any]) -> str:

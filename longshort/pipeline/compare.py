@@ -45,10 +45,13 @@ def paired(a: dict[tuple[str, int], tuple[bool, int]], b: dict[tuple[str, int], 
     p = mcnemar_exact(ca, cb)
     return {
         "n_pairs": len(keys),
+        # [only a right, only b right]: McNemar tests these alone, so with none the test has nothing to test
+        "discordant": [sum(x and not y for x, y in zip(ca, cb)), sum(y and not x for x, y in zip(ca, cb))],
         "accuracy_delta_points": 100 * acc, "accuracy_delta_ci": [100 * acc_ci[0], 100 * acc_ci[1]], "mcnemar_p": p,
         "tokens_delta": tok, "tokens_delta_ci": list(tok_ci),
         # the reduction's interval treats the baseline's mean as fixed (its own sampling error is not included)
         "token_reduction": -tok / base_tokens if base_tokens else None,
         "token_reduction_ci": [-tok_ci[1] / base_tokens, -tok_ci[0] / base_tokens] if base_tokens else None,
-        "accuracy_significant": p < ALPHA, "tokens_significant": not tok_ci[0] <= 0 <= tok_ci[1],
+        # with no pairs the interval is NaN, and NaN excludes 0 by every comparison: not significant
+        "accuracy_significant": p < ALPHA, "tokens_significant": bool(keys) and not tok_ci[0] <= 0 <= tok_ci[1],
     }

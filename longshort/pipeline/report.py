@@ -8,22 +8,75 @@ Every number is read from the stage outputs; targets are reported as met or miss
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from pathlib import Path
 from typing import Any
 
+from longshort.eval import annotate_apart, new_figure, to_png
 from longshort.io import atomic_write_bytes, atomic_write_text, read_jsonl, write_json
 from longshort.pipeline.compare import ALPHA, outcomes as episode_outcomes, paired, with_interval
 from longshort.pipeline.plan import Plan
 from longshort.pipeline.stages import one_line
 from longshort.pipeline.viewer import write_viewer
+from longshort.stats import wilson
 
 TOKEN_REDUCTION_TARGET = 0.80  # Long⊗Short: ≥ 80% fewer tokens than the long-CoT reasoner
 ACCURACY_DELTA_TARGET = -2.0  # ... while losing at most 2 accuracy points
-BSEQ_MATCH = 1.10  # PDR's B_seq counts as matched when it is at most 10% above long CoT's
+BSEQ_MATCH = 0.10  # PDR's B_seq counts as matched when it is within ±10% of long CoT's
 REMOVABLE_TARGET = 0.90  # ... and removes ≥ 90% of what the generator's concise trace shows to be removable
+
+
+def _n(row: dict[str, Any]) -> int:
+    return int(row.get("n", row.get("problems", 0)))
+
+
+def _empty(named: dict[str, dict[str, Any]]) -> str | None:
+    for name, row in named.items():
+        if _n(row) == 0:
+            return f"{name} has no episodes (n = 0)"
+    return None
+
+
+def token_degenerate(named: dict[str, dict[str, Any]]) -> str | None:
+    """Why a token comparison of these systems (baseline first) says nothing, or None: a system that answered
+    nothing, or systems that solve nothing, write no solution, so their token counts are no solution's length."""
+    reason = _empty(named)
+    for name, row in named.items():
+        if reason is None and row.get("answered_rate") == 0:
+            reason = f"{name} answered none of its {_n(row)} episodes"
+    base_name, base = next(iter(named.items()))
+    if reason is None and not base["tokens_per_problem"]:
+        reason = f"{base_name} generated no tokens"
+    if reason is None and all(row["accuracy"] == 0 for row in named.values()):
+        reason = f"{' and '.join(named)} solve no problem: fewer tokens for no solution"
+    return reason
+
+
+def accuracy_degenerate(named: dict[str, dict[str, Any]], pair: dict[str, Any] | None = None,
+                        test: bool = False) -> str | None:
+    """Why an accuracy comparison of these systems says nothing, or None. `test`: the claim rests on McNemar's
+    test, which only sees the discordant pairs (problems exactly one of the two solves)."""
+    reason = _empty(named)
+    if reason is None and all(row["accuracy"] == 0 for row in named.values()):
+        reason = f"{' and '.join(named)} solve 0 of {min(_n(r) for r in named.values())} problems each"
+    if reason is None and pair is not None and pair["n_pairs"] == 0:
+        reason = f"no problem was evaluated by both {' and '.join(named)}"
+    if reason is None and pair is not None and test and not sum(pair["discordant"]):
+        reason = "no discordant pairs: both are right on exactly the same problems, so McNemar's test has nothing to test"
+    return reason
+
+
+def _target(name: str, value: float | None, target: float, met: bool, missed_by: float | None,
+            degenerate: str | None = None, note: str = "") -> dict[str, Any]:
+    """One target of the report card: `status` met / missed / degenerate. A degenerate comparison (reason in
+    `degenerate`) is never met, whatever its numbers say."""
+    status = "degenerate" if degenerate else "met" if met else "missed"
+    out = {"name": name, "value": value, "target": target, "met": status == "met", "status": status,
+           "missed_by": missed_by if status == "missed" else None, "note": note}
+    if degenerate:
+        out["degenerate"] = degenerate
+    return out
 
 
 def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None = None,
@@ -32,20 +85,25 @@ def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None
 
     With `outcomes` (per-episode results of each system on the same problems) each comparison carries its
     paired test and intervals; with `oracle_tokens` (mean tokens of the generator's concise trace on those
-    problems) the share of the removable tokens that Long⊗Short removed."""
+    problems) the share of the removable tokens that Long⊗Short removed. A comparison that says nothing (no
+    episodes, nothing answered, nothing solved, no discordant pairs) is reported as `degenerate`, never met."""
     outcomes = outcomes or {}
     base = systems["long_cot"]
     ls_name = "long_short_rl" if "long_short_rl" in systems else "long_short_sft" if "long_short_sft" in systems else None
-    out: dict[str, Any] = {"long_cot": {k: base[k] for k in ("accuracy", "tokens_per_problem", "b_seq")}, "targets": []}
+    out: dict[str, Any] = {"long_cot": {k: base[k] for k in ("accuracy", "tokens_per_problem", "b_seq")}, "targets": [],
+                           "degenerate": {}}
     if ls_name:
         ls = systems[ls_name]
+        pair = paired(outcomes["long_cot"], outcomes[ls_name]) if "long_cot" in outcomes and ls_name in outcomes else None
+        tok_bad = token_degenerate({"long_cot": base, ls_name: ls})
+        acc_bad = accuracy_degenerate({"long_cot": base, ls_name: ls}, pair)
         red = 1 - ls["tokens_per_problem"] / base["tokens_per_problem"] if base["tokens_per_problem"] else None
         delta = 100 * (ls["accuracy"] - base["accuracy"])
         out.update(long_short_system=ls_name, token_reduction=red, accuracy_delta_points=delta)
-        if "long_cot" in outcomes and ls_name in outcomes:
-            t = paired(outcomes["long_cot"], outcomes[ls_name])
-            out.update(accuracy_delta_ci=t["accuracy_delta_ci"], accuracy_delta_p_value=t["mcnemar_p"],
-                       token_reduction_ci=t["token_reduction_ci"], n_pairs=t["n_pairs"])
+        out["degenerate"].update({k: v for k, v in (("token_reduction", tok_bad), ("accuracy_delta", acc_bad)) if v})
+        if pair is not None:
+            out.update(accuracy_delta_ci=pair["accuracy_delta_ci"], accuracy_delta_p_value=pair["mcnemar_p"],
+                       token_reduction_ci=pair["token_reduction_ci"], n_pairs=pair["n_pairs"], discordant=pair["discordant"])
         if oracle_tokens is not None:
             removable = base["tokens_per_problem"] - oracle_tokens
             out["oracle_tokens_per_problem"] = oracle_tokens
@@ -54,42 +112,46 @@ def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None
             out["rl_vs_sft"] = paired(outcomes["long_short_sft"], outcomes["long_short_rl"])
         if out.get("removable_tokens_removed") is not None:
             rr = out["removable_tokens_removed"]
-            out["targets"].append({"name": f"{ls_name}: removes ≥ 90% of the removable tokens (long_cot − oracle trace)",
-                                   "value": rr, "target": REMOVABLE_TARGET, "met": rr >= REMOVABLE_TARGET,
-                                   "missed_by": max(0.0, REMOVABLE_TARGET - rr)})
-        if "rl_vs_sft" in out:
+            out["targets"].append(_target(f"{ls_name}: removes ≥ 90% of the removable tokens (long_cot − oracle trace)",
+                                          rr, REMOVABLE_TARGET, rr >= REMOVABLE_TARGET, max(0.0, REMOVABLE_TARGET - rr), tok_bad))
+        if "rl_vs_sft" in out and "long_short_sft" in systems:
             r = out["rl_vs_sft"]
+            rs = {"long_short_sft": systems["long_short_sft"], "long_short_rl": systems["long_short_rl"]}
             sig = (r["accuracy_significant"] and r["accuracy_delta_points"] > 0) or (r["tokens_significant"] and r["tokens_delta"] < 0
                                                                                   and r["accuracy_delta_points"] >= ACCURACY_DELTA_TARGET)
-            out["targets"].append({"name": "long_short_rl: significant gain over long_short_sft (accuracy, or fewer tokens at ≥ −2 points)",
-                                   "value": r["mcnemar_p"], "target": ALPHA, "met": bool(sig), "missed_by": None,
-                                   "note": f"accuracy {r['accuracy_delta_points']:+.1f} points (McNemar p {r['mcnemar_p']:.3g}), "
-                                           f"tokens {r['tokens_delta']:+.1f} [{r['tokens_delta_ci'][0]:+.1f}, {r['tokens_delta_ci'][1]:+.1f}]"})
+            out["targets"].append(_target(
+                "long_short_rl: significant gain over long_short_sft (accuracy, or fewer tokens at ≥ −2 points)",
+                r["mcnemar_p"], ALPHA, bool(sig), None, accuracy_degenerate(rs, r, test=True),
+                f"accuracy {r['accuracy_delta_points']:+.1f} points (McNemar p {r['mcnemar_p']:.3g}, discordant "
+                f"{r['discordant'][0]}:{r['discordant'][1]}), tokens {r['tokens_delta']:+.1f} "
+                f"[{r['tokens_delta_ci'][0]:+.1f}, {r['tokens_delta_ci'][1]:+.1f}]"))
         out["targets"] += [
-            {"name": f"{ls_name}: tokens per problem ≥ 80% below long_cot", "value": red, "target": TOKEN_REDUCTION_TARGET,
-             "met": red >= TOKEN_REDUCTION_TARGET, "missed_by": max(0.0, TOKEN_REDUCTION_TARGET - red)},
-            {"name": f"{ls_name}: accuracy within 2 points of long_cot", "value": delta, "target": ACCURACY_DELTA_TARGET,
-             "met": delta >= ACCURACY_DELTA_TARGET, "missed_by": max(0.0, ACCURACY_DELTA_TARGET - delta)},
+            _target(f"{ls_name}: tokens per problem ≥ 80% below long_cot", red, TOKEN_REDUCTION_TARGET,
+                    red is not None and red >= TOKEN_REDUCTION_TARGET,
+                    None if red is None else max(0.0, TOKEN_REDUCTION_TARGET - red), tok_bad),
+            _target(f"{ls_name}: accuracy within 2 points of long_cot", delta, ACCURACY_DELTA_TARGET,
+                    delta >= ACCURACY_DELTA_TARGET, max(0.0, ACCURACY_DELTA_TARGET - delta), acc_bad),
         ]
-    if "pdr" in systems:
-        pdr = systems["pdr"]
-        matched = pdr["b_seq"] <= BSEQ_MATCH * base["b_seq"]
-        gain = 100 * (pdr["accuracy"] - base["accuracy"])
-        out["pdr_vs_long_cot"] = {"accuracy_delta_points": gain, "b_seq_pdr": pdr["b_seq"], "b_seq_long_cot": base["b_seq"],
-                                  "b_seq_matched": matched}
-        if "pdr" in outcomes and "long_cot" in outcomes:
-            t = paired(outcomes["long_cot"], outcomes["pdr"])
-            out["pdr_vs_long_cot"].update(accuracy_delta_ci=t["accuracy_delta_ci"], p_value=t["mcnemar_p"])
-    if "sr" in systems:
-        sr = systems["sr"]
-        out["sr_vs_long_cot"] = {"accuracy_delta_points": 100 * (sr["accuracy"] - base["accuracy"]), "b_seq_sr": sr["b_seq"],
-                                 "b_seq_long_cot": base["b_seq"], "b_seq_matched": sr["b_seq"] <= BSEQ_MATCH * base["b_seq"]}
-        if "sr" in outcomes and "long_cot" in outcomes:
-            t = paired(outcomes["long_cot"], outcomes["sr"])
-            out["sr_vs_long_cot"].update(accuracy_delta_ci=t["accuracy_delta_ci"], p_value=t["mcnemar_p"])
-        out["targets"].append({"name": "pdr beats long_cot at matched B_seq", "value": gain, "target": 0.0,
-                               "met": matched and gain > 0, "missed_by": max(0.0, -gain) if matched else None,
-                               "note": "" if matched else f"B_seq not matched ({pdr['b_seq']:.0f} vs {base['b_seq']:.0f})"})
+    for name in ("pdr", "sr"):
+        if name not in systems:
+            continue
+        row = systems[name]
+        matched = abs(row["b_seq"] - base["b_seq"]) <= BSEQ_MATCH * base["b_seq"]
+        gain = 100 * (row["accuracy"] - base["accuracy"])
+        comp = out[f"{name}_vs_long_cot"] = {"accuracy_delta_points": gain, f"b_seq_{name}": row["b_seq"],
+                                             "b_seq_long_cot": base["b_seq"], "b_seq_matched": matched}
+        pair = paired(outcomes["long_cot"], outcomes[name]) if name in outcomes and "long_cot" in outcomes else None
+        if pair is not None:
+            comp.update(accuracy_delta_ci=pair["accuracy_delta_ci"], p_value=pair["mcnemar_p"], discordant=pair["discordant"])
+        bad = accuracy_degenerate({"long_cot": base, name: row}, pair, test=True)
+        if bad:
+            comp["degenerate"] = bad
+        if name == "pdr":  # the operators paper's claim; SR is reported, with no target of its own
+            # "more accurate" is a claim about the systems, not this sample: it needs the paired test's p < ALPHA
+            sig = pair is not None and pair["mcnemar_p"] is not None and pair["mcnemar_p"] < ALPHA
+            out["targets"].append(_target("pdr beats long_cot at matched B_seq", gain, 0.0, matched and gain > 0 and sig,
+                                          max(0.0, -gain) if matched else None, bad,
+                                          "" if matched else f"B_seq not matched ({row['b_seq']:.0f} vs {base['b_seq']:.0f})"))
     return out
 
 
@@ -106,56 +168,42 @@ def oracle_tokens(plan: Plan, ids: set[str]) -> float | None:
     return sum(len(encode(tok, r["oracle_response"])) + 1 for r in rows) / len(rows)
 
 
-def _fig() -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(6.4, 4.4), dpi=110)
-
-
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def plot_systems(systems: dict[str, dict[str, Any]], x: str, xlabel: str, title: str) -> bytes:
-    fig, ax = _fig()
+def plot_systems(systems: dict[str, dict[str, Any]], x: str, xlabel: str, title: str) -> Any:
+    fig, ax = new_figure((6.4, 4.4), 110)
     for i, (name, r) in enumerate(systems.items()):
         ax.scatter([r[x]], [r["accuracy"]], marker="osD^vP"[i % 6], s=60, label=name)
-        ax.annotate(name, (r[x], r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set(xlabel=xlabel, ylabel="accuracy (held-out split)", title=title, ylim=(-0.02, 1.02))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _png(fig)
+    annotate_apart(ax, [(r[x], r["accuracy"], name) for name, r in systems.items()], fontsize=8)
+    return fig
 
 
-def plot_rl(rows: list[dict[str, Any]]) -> bytes:
-    fig, ax = _fig()
+def plot_rl(rows: list[dict[str, Any]]) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = new_figure((6.4, 4.4), 110)
     steps = [r["step"] for r in rows]
     for key in ("long/reward", "short/reward", "accuracy"):
         if any(key in r for r in rows):
             ax.plot(steps, [r.get(key, math.nan) for r in rows], marker=".", label=key)
     ax.set(xlabel="RL step", ylabel="reward / accuracy", title="Multi-turn RL of both roles")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no tick at step 1.5
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
     ax2.plot(steps, [r.get("tokens", math.nan) for r in rows], color="grey", linestyle="--", label="tokens per episode")
     ax2.set_ylabel("tokens per episode (dashed)")
-    ax.legend(fontsize=8, loc="upper left")
-    return _png(fig)
+    # one legend for both axes: the twin's line needs its entry too
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=8, loc="upper left")
+    return fig
 
 
-def plot_scores(scores: list[float]) -> bytes:
-    fig, ax = _fig()
+def plot_scores(scores: list[float]) -> Any:
+    fig, ax = new_figure((6.4, 4.4), 110)
     ax.hist(scores, bins=20, range=(0, 1), color="#4477aa")
     ax.set(xlabel="thought importance M = log2(1 + eff·acc − δ)", ylabel="thoughts", title="Thought scores (MC prefix rollouts)")
-    return _png(fig)
+    return fig
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -180,8 +228,14 @@ def write_report(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, An
     rl: dict[str, Any] = {}
     if rl_rows:
         keys = ("accuracy", "tokens", "tokens_per_solved", "long/reward", "short/reward", "rethink_rate", "sync/ok")
+        cfg = plan.stages["rl"].recipe.rl
+        per_step = cfg.problems_per_step * cfg.group_size  # the episodes each step's accuracy is a mean of
         rl = {"steps": len(rl_rows), "first": {k: rl_rows[0].get(k) for k in keys}, "last": {k: rl_rows[-1].get(k) for k in keys},
-              "sync_ok_every_step": all(r.get("sync/ok") is True for r in rl_rows)}
+              "sync_ok_every_step": all(r.get("sync/ok") is True for r in rl_rows), "episodes_per_step": per_step}
+        for end in ("first", "last"):
+            acc = rl[end].get("accuracy")
+            if isinstance(acc, (int, float)):
+                rl[end]["accuracy_ci"] = list(wilson(acc * per_step, per_step))
     report = {
         "run": str(out), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "stages": {n: {"seconds": r["seconds"], "summary": r["summary"]} for n, r in records.items()},
@@ -192,7 +246,8 @@ def write_report(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, An
         "analysis": {k: analysis[k] for k in ("precision", "precision_ci", "recall", "recall_ci", "precision_scored",
                                               "precision_scored_ci", "forced_kept", "forced_redundant", "confusion",
                                               "by_kind") if k in analysis},
-        "benchmarks": records["benchmarks"]["summary"],
+        "benchmarks": {s: ({b: with_interval(r) for b, r in v.items()} if isinstance(v, dict) else v)
+                       for s, v in records["benchmarks"]["summary"].items()},
     }
     plots = {"accuracy_vs_tokens.png": plot_systems(systems, "tokens_per_problem", "generated tokens per problem (all calls)",
                                                     "Accuracy against tokens per problem"),
@@ -201,8 +256,8 @@ def write_report(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, An
         plots["rl_curves.png"] = plot_rl(rl_rows)
     if scores:
         plots["thought_scores.png"] = plot_scores(scores)
-    for name, data in plots.items():
-        atomic_write_bytes(out / name, data)
+    for name, fig in plots.items():
+        atomic_write_bytes(out / name, to_png(fig))
     report["plots"] = sorted(plots)
     report["viewer"] = write_viewer(plan, out / "viewer.html")
     write_json(out / "report.json", report)
@@ -217,12 +272,12 @@ def markdown(report: dict[str, Any]) -> str:
              "## Held-out split", ""]
     rs = report.get("reasoner", {})
     if rs:
-        lines += [f"Reasoner: **{rs['source']}**; long CoT solves {rs['accuracy']:.3f} {_ci(rs['accuracy_ci'])} of n={rs['n']} "
+        lines += [f"Reasoner: **{rs['source']}**; long CoT solves {_acc(rs['accuracy'], rs['accuracy_ci'], rs['n'])} of n={rs['n']} "
                   "held-out problems (strict rule: the last \\boxed{} of the output).", ""]
     lenient = any("accuracy_lenient" in r for r in report["systems"].values())
-    lines += _md_table(["system", "n", "accuracy [95% CI]"] + (["lenient"] if lenient else []) + ["tokens / problem", "B_seq", "B_total", "turns"], [
-        [n, str(r.get("n", r["problems"])), f"{r['accuracy']:.3f} {_ci(r.get('accuracy_ci'))}"]
-        + ([f"{r['accuracy_lenient']:.3f}" if "accuracy_lenient" in r else "—"] if lenient else [])
+    lines += _md_table(["system", "n", "accuracy [95% CI]"] + (["lenient [95% CI]"] if lenient else []) + ["tokens / problem", "B_seq", "B_total", "turns"], [
+        [n, str(_n(r)), _acc(r["accuracy"], r.get("accuracy_ci"), _n(r))]
+        + ([_acc(r["accuracy_lenient"], r.get("accuracy_lenient_ci"), _n(r)) if "accuracy_lenient" in r else "—"] if lenient else [])
         + [f"{r['tokens_per_problem']:.1f}", f"{r['b_seq']:.1f}", f"{r['b_total']:.1f}", f"{r['turns']:.2f}"]
         for n, r in report["systems"].items()])
     lines += ["", "## Headline (measured)", ""]
@@ -233,6 +288,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"McNemar p = {head['accuracy_delta_p_value']:.3g}, {head['n_pairs']} paired problems)")
         lines.append(f"- {head['long_short_system']} vs long_cot: **{100 * head['token_reduction']:.1f}% fewer tokens**, "
                      f"accuracy **{head['accuracy_delta_points']:+.1f} points**{extra}.")
+    for what, why in head.get("degenerate", {}).items():
+        lines.append(f"- {what.replace('_', ' ')} is **degenerate**: {why}.")
     if head.get("removable_tokens_removed") is not None:
         lines.append(f"- removable tokens removed: **{100 * head['removable_tokens_removed']:.1f}%** (long_cot "
                      f"{head['long_cot']['tokens_per_problem']:.1f} tokens, the generator's concise trace {head['oracle_tokens_per_problem']:.1f}).")
@@ -245,15 +302,27 @@ def markdown(report: dict[str, Any]) -> str:
             p = head[key]
             test = f", {_ci(p['accuracy_delta_ci'])}, p = {p['p_value']:.3g}" if "p_value" in p else ""
             lines.append(f"- {name} vs long_cot: accuracy {p['accuracy_delta_points']:+.1f} points{test} at B_seq {p['b_seq_' + name]:.0f} vs "
-                         f"{p['b_seq_long_cot']:.0f} ({'matched' if p['b_seq_matched'] else 'not matched'}).")
+                         f"{p['b_seq_long_cot']:.0f} ({'matched' if p['b_seq_matched'] else 'not matched'})"
+                         + (f"; **degenerate**: {p['degenerate']}." if "degenerate" in p else "."))
     for t in head["targets"]:
-        status = "met" if t["met"] else f"**missed** (by {t['missed_by']:.3g})" if t.get("missed_by") is not None else "**missed**"
-        lines.append(f"- target: {t['name']}: measured {t['value']:.3g} (target {t['target']:g}): {status} {t.get('note', '')}".rstrip())
+        status = t.get("status", "met" if t["met"] else "missed")  # report.json written before `status` existed
+        status = ("met" if status == "met" else f"**degenerate** ({t['degenerate']})" if status == "degenerate"
+                  else f"**missed** (by {t['missed_by']:.3g})" if t.get("missed_by") is not None else "**missed**")
+        value = "—" if t["value"] is None else f"{t['value']:.3g}"
+        lines.append(f"- target: {t['name']}: measured {value} (target {t['target']:g}): {status}" + (f" — {t['note']}" if t.get("note") else ""))
     if report["rl"]:
         f, last = report["rl"]["first"], report["rl"]["last"]
-        lines += ["", "## RL", "", f"{report['rl']['steps']} steps; sync check passed every step: {report['rl']['sync_ok_every_step']}.", ""]
+        n = report["rl"].get("episodes_per_step")
+        lines += ["", "## RL", "", f"{report['rl']['steps']} steps; sync check passed every step: {report['rl']['sync_ok_every_step']}"
+                  + (f"; each step's accuracy is over its n = {n} sampled episodes." if n else "."), ""]
+
+        def cell(step: dict[str, Any], k: str) -> str:
+            v = step.get(k)
+            return _acc(v, step.get("accuracy_ci"), n) if k == "accuracy" and n and isinstance(v, (int, float)) else _fmt(v)
+
         lines += _md_table(["metric", "first step", "last step"],
-                           [[k, _fmt(f.get(k)), _fmt(last.get(k))] for k in f if k != "sync/ok"])
+                           [[f"accuracy [95% CI], n = {n}" if k == "accuracy" and n else k, cell(f, k), cell(last, k)]
+                            for k in f if k not in ("sync/ok", "accuracy_ci")])
     an = report.get("analysis") or {}
     if an.get("by_kind"):
         lines += ["", "## Thought analysis against the generator's ground truth", "",
@@ -268,13 +337,18 @@ def markdown(report: dict[str, Any]) -> str:
     bench = report["benchmarks"]
     if bench and "skipped" not in bench:
         lines += ["", "## Real benchmarks (final models; a tiny model scores low, the harness runs)", ""]
-        lines += _md_table(["system", "benchmark", "accuracy", "tokens / problem", "problems"],
-                           [[s, b, f"{r['accuracy']:.3f}", f"{r['tokens_per_problem']:.1f}", str(r["problems"])]
+        lines += _md_table(["system", "benchmark", "n", "accuracy [95% CI]", "tokens / problem"],
+                           [[s, b, str(_n(r)), _acc(r["accuracy"], r.get("accuracy_ci"), _n(r)), f"{r['tokens_per_problem']:.1f}"]
                             for s, v in bench.items() for b, r in v.items()])
     lines += ["", "## Stages", ""]
     lines += _md_table(["stage", "seconds", "summary"], [[n, f"{s['seconds']:.0f}", one_line(n, s["summary"])] for n, s in report["stages"].items()])
     lines += ["", "Plots: " + ", ".join(f"[{p}]({p})" for p in report["plots"]) + "; episodes: [viewer.html](viewer.html).", ""]
     return "\n".join(lines)
+
+
+def _acc(acc: float, ci: Any, n: int) -> str:
+    """An accuracy as the report prints it: with its interval, or no number at all when nothing was evaluated."""
+    return f"{acc:.3f} {_ci(ci)}".rstrip() if n else "— (no episodes)"
 
 
 def _ci(ci: Any, scale: float = 1.0) -> str:
