@@ -164,7 +164,12 @@ def test_a_stage_reads_one_key_of_a_section_without_the_rest(tmp_path):
         {"rl", "rl_length", "eval", "benchmarks", "export"}  # a sampling cap reruns no analysis or SFT
 
 
-def test_vllm_cannot_serve_a_role_with_an_output_head_lora(tmp_path):
-    data = _set(quick_data(tmp_path), "pipeline.eval", {"engine": {"kind": "vllm"}})
+def test_vllm_serves_an_lm_head_lora_only_merged(tmp_path):
+    """The tiny roles train a LoRA on lm_head: vLLM can serve them merged into their own base copies, not as
+    adapters — a recipe asking for adapters fails at plan time, naming the key, not at stage 8."""
+    data = quick_data(tmp_path)
+    plan_of(_set(_set(data, "engine.kind", "vllm"), "engine.lora_mode", "merged"))
+    with pytest.raises(ConfigError, match="pipeline.rl: engine.kind vllm cannot serve.*lm_head.*engine.lora_mode: merged"):
+        plan_of(_set(_set(data, "engine.kind", "vllm"), "engine.lora_mode", "adapter"))
     with pytest.raises(ConfigError, match=r"pipeline.eval: engine.kind vllm .* lm_head .*pipeline.sft_long.sft.lora.target_modules"):
-        plan_of(data)
+        plan_of(_set(data, "pipeline.eval", {"engine": {"kind": "vllm", "lora_mode": "adapter"}}))

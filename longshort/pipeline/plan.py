@@ -71,6 +71,17 @@ READS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _vllm_lora_mode(spec: str) -> str:
+    """What `engine.lora_mode` resolves to on the vLLM engine here (auto: merged on CPU, adapter on a GPU)."""
+    if spec != "auto":
+        return spec
+    import torch
+
+    from longshort.engines.base import resolve_lora_mode
+
+    return resolve_lora_mode(spec, "cuda" if torch.cuda.is_available() else "cpu")
+
+
 class UnreadSection(AttributeError):
     """A stage read a recipe key its fingerprint does not cover: add it to `READS[stage]`."""
 
@@ -276,8 +287,10 @@ def make_plan(pipeline: Recipe, where: str) -> Plan:
     heads = {role: sorted(set(stages[f"sft_{role}"].recipe.sft.lora.target_modules) & {"lm_head", "embed_tokens"})
              for role in ("long", "short") if stages[f"sft_{role}"].recipe.sft.mode == "lora"}
     for name in ("rl", "eval", "benchmarks"):  # vLLM serves no LoRA on the output head: fail now, not at stage 8
+        engine = stages[name].recipe.engine
         for role, mods in heads.items():
-            if mods and stages[name].recipe.engine.kind == "vllm":
+            if mods and engine.kind == "vllm" and _vllm_lora_mode(engine.lora_mode) == "adapter":
                 raise ConfigError(f"{where}: pipeline.{name}: engine.kind vllm cannot serve the {role} role's LoRA on "
-                                  f"{mods[0]} (pipeline.sft_{role}.sft.lora.target_modules); set engine.kind: hf for it")
+                                  f"{mods[0]} (pipeline.sft_{role}.sft.lora.target_modules) as an adapter; set "
+                                  "engine.lora_mode: merged (each role merged into its own copy of the base) or engine.kind: hf")
     return Plan(pipeline, run_dir, stages)
