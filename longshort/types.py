@@ -36,6 +36,9 @@ class Turn:
     input_tokens: int = 0  # context length the engine read for this call (filled by Episode.add)
     wall_s: float = 0.0  # wall time of the batched call this turn was part of
     step: int | None = None  # the episode's protocol step (batched engine call) this ran in; same step = side by side
+    # the temperature it was sampled at (`calls.execute` records it): the learner's logprobs must be taken on that
+    # distribution, and one RL step may mix protocols that sample at different temperatures; None = not recorded
+    temperature: float | None = None
 
     @property
     def output_tokens(self) -> int:
@@ -50,6 +53,7 @@ class TrainSequence:
     input_ids: list[int]
     mask: list[int]  # 1 = this role's completion token (loss), 0 = context
     old_logprobs: list[float]  # sampling logprobs aligned with input_ids (0.0 where mask == 0)
+    temperatures: list[float | None] = field(default_factory=list)  # each token's `Turn.temperature` (None: unknown)
 
 
 @dataclass
@@ -105,6 +109,7 @@ class Episode:
             ids: list[int] = []
             mask: list[int] = []
             lps: list[float] = []
+            temps: list[float | None] = []
             for i in chain:
                 t = self.turns[i]
                 own = t.role == role
@@ -112,7 +117,8 @@ class Episode:
                 mask += [0] * len(t.prompt_ids) + [int(own)] * len(t.completion_ids)
                 tl = t.logprobs if len(t.logprobs) == len(t.completion_ids) else [0.0] * len(t.completion_ids)
                 lps += [0.0] * len(t.prompt_ids) + (list(tl) if own else [0.0] * len(t.completion_ids))
-            seqs.append(TrainSequence(role=role, input_ids=ids, mask=mask, old_logprobs=lps))
+                temps += [None] * len(t.prompt_ids) + [t.temperature] * len(t.completion_ids)
+            seqs.append(TrainSequence(role=role, input_ids=ids, mask=mask, old_logprobs=lps, temperatures=temps))
         return seqs
 
     # -- budgets (docs/budgets.md) --------------------------------------------------------------

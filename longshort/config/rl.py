@@ -56,6 +56,27 @@ class RLConfig:
     micro_batch_size: int = doc("Sequences per forward/backward on one learner worker (memory knob; no effect on the update).", 8)
     clip_low: float = doc("PPO ratio clip ε_low: ratio clipped to [1 − clip_low, 1 + clip_high] (Schulman et al. 1707.06347).", 0.2)
     clip_high: float = doc("PPO ratio clip ε_high (> clip_low = DAPO's clip-higher, Yu et al. 2503.14476).", 0.2)
+    loss: Literal["ppo_clip", "cispo"] = doc(
+        "Policy-gradient loss: `ppo_clip` −min(ρA, clip(ρ)A) (Schulman et al. 1707.06347); `cispo` "
+        "−sg(clip(ρ, 1 − clip_low, 1 + clip_high))·A·logπ (MiniMax-M1, 2506.13585): the weight is clipped, never the "
+        "token, so every token keeps a gradient.",
+        "ppo_clip",
+    )
+    nll_coef: float = doc(
+        "Weight of an NLL term on correct rollouts: the mean token NLL (at the sampling temperature) over the trainable "
+        "tokens of the episodes graded correct, added to the loss (0 = off).",
+        0.0,
+    )
+    operator_mix: float = doc(
+        "protocol.name pdr: share of a step's problems rolled out through the operator (one PDR round, then a refine "
+        "call); the rest through `long_cot` (Madaan et al. 2510.01123 use 0.5). 1 = every problem through PDR.",
+        1.0,
+    )
+    operator_loss_on: Literal["refine", "refine_and_drafts"] = doc(
+        "protocol.name pdr: which calls of an operator rollout are trained: `refine` (the refine call, conditioned on "
+        "the workspace) or `refine_and_drafts` (the drafts too); judge/summary calls and every prompt never.",
+        "refine",
+    )
     kl_coef: float = doc("Weight β of the KL to the frozen starting (SFT) adapter, k3 estimator exp(ref−logp) − (ref−logp) − 1.", 0.01)
     entropy_coef: float = doc("Weight of the entropy bonus (0 = off).", 0.0)
     loss_agg: Literal["token_mean", "token_sum_norm"] = doc(
@@ -116,7 +137,10 @@ class RLConfig:
             raise ConfigError(f"key 'rl.group_size' must be >= 2 (the group is the baseline), got {self.group_size}")
         if self.lr <= 0:
             raise ConfigError(f"key 'rl.lr' must be > 0, got {self.lr}")
-        for key in ("clip_low", "clip_high", "kl_coef", "entropy_coef", "max_grad_norm", "weight_decay", "sync_tolerance"):
+        if not 0 <= self.operator_mix <= 1:
+            raise ConfigError(f"key 'rl.operator_mix' must be in [0, 1], got {self.operator_mix}")
+        for key in ("clip_low", "clip_high", "kl_coef", "entropy_coef", "max_grad_norm", "weight_decay", "sync_tolerance",
+                    "nll_coef"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"key 'rl.{key}' must be >= 0, got {getattr(self, key)}")
         if self.clip_low >= 1:

@@ -107,6 +107,7 @@ def execute(setup: Setup, calls: list[Call]) -> None:
                 kind=c.kind,
                 wall_s=wall,
                 step=steps[id(c.episode)],
+                temperature=c.params.temperature,  # what the learner's logprobs must be taken at (docs/rl.md)
             )
             c.turns.append(c.episode.add(turn))
 

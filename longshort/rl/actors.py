@@ -55,11 +55,16 @@ class RolloutWorker:
         return ray.get_runtime_context().get_node_id()
 
     def rollout(self, problems: list[dict[str, Any]], group_size: int, step: int, seed: int) -> list[Episode]:
-        """`group_size` graded episodes per problem with the current adapters: the same protocol code as eval."""
+        """`group_size` graded episodes per problem with the current adapters: the same protocol code as eval. A
+        problem row's `protocol` (set by `operator.route`) picks its protocol, else the recipe's; each turn carries
+        the temperature it was sampled at (`calls.execute`), which the learner's logprobs use."""
         from longshort.protocols import run_protocol
 
         rows = [{**p, "sample": g} for p in problems for g in range(group_size)]
-        episodes = run_protocol(self.recipe.protocol.name, self.engine, rows, self.recipe, seed=seed)
+        episodes: list[Episode] = []
+        for name in dict.fromkeys(r.get("protocol", self.recipe.protocol.name) for r in rows):
+            mine = [r for r in rows if r.get("protocol", self.recipe.protocol.name) == name]
+            episodes += run_protocol(name, self.engine, mine, self.recipe, seed=seed)
         for ep in episodes:
             ep.meta.update(group=f"{step}:{ep.problem_id}", step=step)
         return episodes
@@ -120,8 +125,10 @@ class LearnerWorker:
         if self.world > 1:
             dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world)
 
-    def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-        return {role: self.learner.train(role, batches[role], normalisers[role]) for role in batches}
+    def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]],
+              nll_normalisers: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
+        nll = nll_normalisers or {}
+        return {role: self.learner.train(role, batches[role], normalisers[role], nll.get(role)) for role in batches}
 
     def logprobs(self, adapter: str | None, sequences: list[list[int]]) -> list[list[float]]:
         return self.learner.logprobs(adapter, sequences)
@@ -152,7 +159,8 @@ class LearnerGroup:
         ray.get([w.init_process_group.remote(addr, port, backend) for w in self.workers])
         self.pids: list[int] = ray.get([w.pid.remote() for w in self.workers])  # named when one dies
 
-    def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]],
+              nll_normalisers: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
         """Shard every minibatch over the workers (sample i of a minibatch -> worker i mod N); sum their metrics."""
         n = len(self.workers)
         shards: list[dict[str, list[Sample]]] = [{role: [] for role in batches} for _ in range(n)]
@@ -162,7 +170,7 @@ class LearnerGroup:
                 k = counters.get(s.minibatch, 0)
                 counters[s.minibatch] = k + 1
                 shards[k % n][role].append(s)
-        results = ray.get([w.train.remote(shard, normalisers) for w, shard in zip(self.workers, shards)])
+        results = ray.get([w.train.remote(shard, normalisers, nll_normalisers) for w, shard in zip(self.workers, shards)])
         merged: dict[str, dict[str, float]] = {}
         for role in batches:
             rows = [r[role] for r in results]

@@ -35,6 +35,8 @@ class Sample:
     advantage: float
     minibatch: int = 0
     engine_logprobs: list[float] = field(default_factory=list)  # sampling logprobs (0 off-mask), for the gap metric
+    temperatures: list[float | None] = field(default_factory=list)  # each token's sampling temperature (None: the role's)
+    correct: bool = False  # the episode was graded correct: its trainable tokens enter the NLL term (rl.nll_coef)
 
 
 def _ref_name(role: str) -> str:
@@ -64,7 +66,8 @@ class PolicyLearner:
         self.device = torch.device(device)
         self.max_tokens = max_tokens
         # PPO's ratio and KL are taken on the distribution the rollouts were sampled from: softmax(logits / T) with
-        # the role's sampling temperature (greedy counts as 1), as verl does; the sync probe stays on raw logits.
+        # each token's sampling temperature (`Sample.temperatures`; where unrecorded, the role's; greedy counts as 1),
+        # as verl does; the sync probe stays on raw logits.
         self.temperature = {r: (t if t > 0 else 1.0) for r, t in (temperatures or {}).items()}
         torch.manual_seed(seed)  # a fresh adapter's A matrices: identical on every rank
         # `dtype` is the base weights' (model.dtype, `auto` resolved on this device); PEFT keeps every adapter in
@@ -141,26 +144,47 @@ class PolicyLearner:
         return ids.to(self.device), att.to(self.device), mask.to(self.device)
 
     def _forward(self, ids: torch.Tensor, att: torch.Tensor, with_entropy: bool,
-                 temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-position logprob of ids[:, 1:] (and entropy) under softmax(logits / temperature), shape [B, T-1]."""
+                 temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-position logprob of ids[:, 1:] (and entropy) under softmax(logits / T), shape [B, T-1]; T is one number
+        or a [B, T] tensor holding each token's temperature (the logits that predict token t are divided by t's)."""
         logits = self.model(input_ids=ids, attention_mask=att).logits[:, :-1]
-        if temperature != 1.0:
+        if isinstance(temperature, torch.Tensor):
+            logits = logits / temperature[:, 1:, None]
+        elif temperature != 1.0:
             logits = logits / temperature
         return token_logprobs(logits, ids[:, 1:], with_entropy)
+
+    def token_temperatures(self, role: str, sample: Sample) -> list[float]:
+        """The temperature each token of `sample` was sampled at: its recorded one, else the role's; greedy = 1."""
+        fallback = self.temperature.get(role, 1.0)
+        temps = sample.temperatures or [None] * len(sample.input_ids)
+        return [fallback if t is None else (t if t > 0 else 1.0) for t in temps]
+
+    def _temperature_tensor(self, rows: list[list[float]], n: int) -> torch.Tensor:
+        out = torch.ones(len(rows), n)  # padding positions at 1: never a division by 0
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r[:n])
+        return out.to(self.device)
 
     def _micro(self, samples: list[Sample]) -> list[list[Sample]]:
         k = self.cfg.micro_batch_size
         return [samples[i : i + k] for i in range(0, len(samples), k)]
 
     @torch.no_grad()
-    def logprobs(self, adapter: str | None, sequences: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
-        """Logprob of every token (position 0 gets 0.0) under adapter `adapter` (a role, `<role>_ref`, or None)."""
+    def logprobs(self, adapter: str | None, sequences: list[list[int]],
+                 temperature: float | list[list[float]] = 1.0) -> list[list[float]]:
+        """Logprob of every token (position 0 gets 0.0) under adapter `adapter` (a role, `<role>_ref`, or None), at
+        one temperature or at each token's own (one list per sequence, aligned with it)."""
         out: list[list[float]] = []
         samples = [Sample(role="", input_ids=s, mask=[0] * len(s), advantage=0.0) for s in sequences]
-        for mb in self._micro(samples):
+        for k, mb in enumerate(self._micro(samples)):
             ids, att, _ = self._batch(mb)
+            temp: float | torch.Tensor = temperature  # type: ignore[assignment]
+            if isinstance(temperature, list):
+                at = k * self.cfg.micro_batch_size
+                temp = self._temperature_tensor(temperature[at : at + len(mb)], ids.shape[1])
             with self._activate(adapter, trainable=False):
-                lp, _ = self._forward(ids, att, with_entropy=False, temperature=temperature)
+                lp, _ = self._forward(ids, att, with_entropy=False, temperature=temp)
             for i, s in enumerate(mb):
                 out.append([0.0] + lp[i, : len(s.input_ids) - 1].tolist())
         return out
@@ -169,16 +193,20 @@ class PolicyLearner:
         return _ref_name(role) if self.has_ref[role] else None
 
     # -- the update -----------------------------------------------------------------------------
-    def train(self, role: str, samples: list[Sample], normalisers: list[float]) -> dict[str, float]:
-        """PPO epochs over this rank's `samples` of `role`; `normalisers[m]` = global denominator of minibatch m."""
+    def train(self, role: str, samples: list[Sample], normalisers: list[float],
+              nll_normalisers: list[float] | None = None) -> dict[str, float]:
+        """PPO epochs over this rank's `samples` of `role`; `normalisers[m]` = global denominator of minibatch m,
+        `nll_normalisers[m]` its global count of trainable tokens of correct episodes (the NLL term's mean)."""
         cfg = self.cfg
-        temp = self.temperature.get(role, 1.0)
+        temps = [self.token_temperatures(role, s) for s in samples]
         seqs = [s.input_ids for s in samples]
-        old = self._stack(self.logprobs(role, seqs, temp))
-        ref = self._stack(self.logprobs(self.ref_adapter(role), seqs, temp))
-        raw = old if temp == 1.0 else self._stack(self.logprobs(role, seqs))  # the engine reports raw logprobs
+        old = self._stack(self.logprobs(role, seqs, temps))
+        ref = self._stack(self.logprobs(self.ref_adapter(role), seqs, temps))
+        untempered = all(t == 1.0 for row in temps for t in row)
+        raw = old if untempered else self._stack(self.logprobs(role, seqs))  # the engine reports raw logprobs
         lr = self.sched[role].get_last_lr()[0]  # the rate of this step's first update: what the step logs
-        sums = {k: 0.0 for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "gap", "gap_tokens", "gap_max")}
+        sums = {k: 0.0 for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "gap", "gap_tokens", "gap_max",
+                                 "nll", "nll_tokens")}
         for s, o in zip(samples, raw):  # engine vs learner logprob on the trained tokens (train/infer mismatch)
             if len(s.engine_logprobs) == len(s.input_ids):
                 for lp_e, lp_l, m in zip(s.engine_logprobs, o, s.mask):
@@ -200,6 +228,8 @@ class PolicyLearner:
                     old_t = torch.stack([self._pad(old[i], n + 1)[1:] for i in idx]).to(self.device)
                     ref_t = torch.stack([self._pad(ref[i], n + 1)[1:] for i in idx]).to(self.device)
                     adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=self.device)[:, None]
+                    temp = 1.0 if untempered else self._temperature_tensor([temps[i] for i in idx], n + 1)
+                    correct = torch.tensor([float(s.correct) for s in mb], device=self.device)[:, None]
                     with self._activate(role, trainable=True):
                         self.model.train(cfg.gradient_checkpointing)
                         try:
@@ -209,10 +239,12 @@ class PolicyLearner:
                     terms = policy_loss(
                         lp, old_t, ref_t, adv, mask[:, 1:], ent if cfg.entropy_coef else ent.detach(),
                         clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
-                        entropy_coef=cfg.entropy_coef, normaliser=max(norm, 1e-8),
+                        entropy_coef=cfg.entropy_coef, normaliser=max(norm, 1e-8), kind=cfg.loss,
+                        nll_coef=cfg.nll_coef, nll_mask=mask[:, 1:] * correct,
+                        nll_normaliser=nll_normalisers[m] if nll_normalisers else 0.0,
                     )  # fmt: skip
                     terms.loss.backward()
-                    for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens"):
+                    for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "nll", "nll_tokens"):
                         sums[k] += getattr(terms, k)
                 grad_norms.append(self._step(role))
         sums["grad_norm"] = max(grad_norms) if grad_norms else 0.0

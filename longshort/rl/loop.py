@@ -23,7 +23,7 @@ from longshort.config.recipe import Recipe
 from longshort.data.rows import read_rows
 from longshort.errors import ConfigError, DataError, UserError
 from longshort.io import Rejects, append_jsonl, atomic_write_text, validated, write_json
-from longshort.rl import checkpoint
+from longshort.rl import checkpoint, operator
 from longshort.run import open_run
 from longshort.run.checkpoint import restore_rng, resume
 from longshort.run.logs import METRICS, TENSORBOARD, MetricsLog, truncate
@@ -255,7 +255,8 @@ def roles_to_train(recipe: Recipe, step: int) -> list[str]:
 
 
 def build_batches(episodes: list[Episode], roles: list[str], recipe: Recipe) -> tuple[dict[str, list[Sample]], dict[str, list[float]]]:
-    """Each role's training sequences with their advantages, split in minibatches; the loss normaliser of each."""
+    """Each role's training sequences with their advantages, split in minibatches; the loss normaliser of each.
+    Of an operator (pdr) episode only the calls `rl.operator_loss_on` names are trained (`operator.sequences`)."""
     cfg = recipe.rl
     batches: dict[str, list[Sample]] = {}
     norms: dict[str, list[float]] = {}
@@ -264,8 +265,9 @@ def build_batches(episodes: list[Episode], roles: list[str], recipe: Recipe) -> 
         for ep in episodes:
             if role not in ep.advantages:
                 continue
-            for seq in ep.training_sequences(role):
-                samples.append(Sample(role, seq.input_ids, seq.mask, ep.advantages[role], engine_logprobs=seq.old_logprobs))
+            for seq, _ in operator.sequences(ep, role, cfg.operator_loss_on):
+                samples.append(Sample(role, seq.input_ids, seq.mask, ep.advantages[role], engine_logprobs=seq.old_logprobs,
+                                      temperatures=seq.temperatures, correct=bool(ep.correct)))
         if not samples:
             continue
         per = -(-len(samples) // cfg.minibatches)
@@ -279,6 +281,12 @@ def build_batches(episodes: list[Episode], roles: list[str], recipe: Recipe) -> 
             norms[role] = [float(sum(1 for s in samples if s.minibatch == m) * cap) for m in range(n_mb)]
         batches[role] = samples
     return batches, norms
+
+
+def nll_normalisers(batches: dict[str, list[Sample]]) -> dict[str, list[float]]:
+    """Per role and minibatch, the trainable tokens of correct episodes: the NLL term's global mean denominator."""
+    return {role: [float(sum(sum(s.mask) for s in samples if s.minibatch == m and s.correct))
+                   for m in range(samples[-1].minibatch + 1)] for role, samples in batches.items()}
 
 
 def probes_from(episodes: list[Episode]) -> dict[str, list[int]]:
@@ -336,6 +344,8 @@ def learner_metrics(stats: dict[str, dict[str, float]]) -> dict[str, float]:
         m[f"{role}/lr"] = s["lr"]
         m[f"{role}/logprob_gap"] = s["gap"] / s["gap_tokens"] if s["gap_tokens"] else None
         m[f"{role}/logprob_gap_max"] = s["gap_max"]
+        if s.get("nll_tokens"):  # rl.nll_coef > 0 and some episode was correct
+            m[f"{role}/nll"] = s["nll"] / s["nll_tokens"]
     return m
 
 
@@ -360,6 +370,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
     if recipe.protocol.name == "pdr" and recipe.protocol.pdr_distill in ORACLE:  # before anything is written
         raise ConfigError(f"key 'protocol.pdr_distill' is {recipe.protocol.pdr_distill}: an evaluation-only mode (it "
                           "grades drafts against the gold answer), refused in RL rollouts")
+    operator.check(recipe)
     run_dir = open_run(recipe, OUTPUTS)  # config.yaml as asked: `auto` stays `auto`
     recipe, precision = resolve_precision(recipe)  # concrete dtypes for every actor and the tolerance they imply
     settings_now = resume_settings(recipe)
@@ -415,7 +426,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
         last: dict[str, float] = {}
         for step in range(start_step + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            batch = batch_at(problems, cursor, cfg.problems_per_step, recipe.run.seed)
+            batch = operator.route(recipe, batch_at(problems, cursor, cfg.problems_per_step, recipe.run.seed), cursor)
             cursor += cfg.problems_per_step
             step_seed = (recipe.run.seed * 1_000_003 + step) & 0x7FFFFFFF
             episodes = pool.rollout(batch, step, step_seed, tokenizer_probe)
@@ -425,7 +436,7 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             assign_advantages(episodes, cfg.estimator, ROLES)
             train_roles = roles_to_train(recipe, step)
             batches, norms = build_batches(episodes, train_roles, recipe)
-            stats = learner.train(batches, norms) if batches else {}
+            stats = learner.train(batches, norms, nll_normalisers(batches) if cfg.nll_coef else None) if batches else {}
             diverged = [f"{r} {k} {s[k]}" for r, s in stats.items() for k in ("pg", "grad_norm") if not math.isfinite(s[k])]
             if diverged:  # stop before this step's adapters reach a checkpoint, the engines or the final export
                 raise UserError(f"rl: step {step}: training diverged ({', '.join(diverged)} not finite); no checkpoint "
@@ -439,6 +450,8 @@ def run_rl(recipe: Recipe, ray_address: str | None = None, progress: bool = True
             row: dict[str, Any] = {"step": step, "cursor": cursor, "trained": sorted(batches)}
             row.update(episode_metrics(episodes))
             row.update(learner_metrics(stats))
+            if recipe.protocol.name == operator.OPERATOR:  # per call kind and per rollout protocol
+                row.update(operator.metrics(episodes, sorted(batches), cfg.operator_loss_on))
             row.update({f"sync/{r}_max_diff": d for r, d in diffs.items()})
             max_diff = max(diffs.values(), default=0.0)
             sync_ok = all(math.isfinite(d) and d <= cfg.sync_tolerance for d in diffs.values())  # NaN is a failure
