@@ -36,7 +36,7 @@ class RLConfig:
     problems_per_step: int = doc("Problems sampled per step (each gets a group of `group_size` episodes).", 4)
     group_size: int = doc("Episodes per problem (G); the group is the baseline of GRPO/RLOO (Shao et al. 2402.03300).", 4)
     schedule: Literal["joint", "alternate"] = doc(
-        "`joint`: both adapters updated every step from the same episodes; `alternate`: the Long⊗Short paper's mode "
+        "`joint`: both adapters updated every step from the same episodes; `alternate`: the Long⊗Short paper's mode as we read it "
         "(Ning et al. 2505.11827): `alternate_k` steps training long with short frozen, then `alternate_k` steps short.",
         "joint",
     )
