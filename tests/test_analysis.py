@@ -9,9 +9,7 @@ import pytest
 from longshort.analysis.chunk import chunk_rule
 from longshort.analysis.rollouts import RolloutSettings, run_rollouts, token_bounds
 from longshort.data.synthetic import generate
-from longshort.analysis.sample import sample_traces
 from longshort.data.traces import Trace, read_traces
-from longshort.engines.base import SamplingParams
 from longshort.errors import DataError
 from longshort.io import Rejects
 
@@ -64,17 +62,6 @@ def test_read_traces_parquet_and_datasets_folder(tmp_path):
         read_traces(tmp_path / "bad.parquet")
     with pytest.raises(DataError, match="file not found"):
         read_traces(tmp_path / "missing.jsonl")
-
-
-def test_sample_traces_keeps_only_correct_responses(vllm_engine):
-    problems = [{"id": f"p{i}", "problem": r["problem"], "answer": r["answer"]} for i, r in enumerate(generate(3, 1))]
-    params = SamplingParams(temperature=1.0, max_tokens=24, n=3, seed=0)
-    traces, counts = sample_traces(vllm_engine, problems, None, params)
-    assert counts["problems"] == 3 and counts["sampled"] == 9
-    assert counts["kept"] == len(traces) <= counts["correct"]
-    from longshort.grading import grade_many
-
-    assert all(grade_many([t.response], [t.answer])[0] and t.response.startswith("<think>\n") for t in traces)
 
 
 # -- rollouts ---------------------------------------------------------------------------------------------
