@@ -127,6 +127,13 @@ def test_infer_and_eval_commands_on_hf(tiny_model, benchmarks_dir, tmp_path, cap
     results = json.loads((out / "summary.json").read_text())["results"]
     assert [(r["protocol"], r["episodes"]) for r in results] == [("long_cot", 2), ("long_short", 2)]
     assert "| long_cot | math500 |" in capsys.readouterr().out
+    # the saved episodes were sampled with other caps: resuming refuses them (naming the key), --no-resume starts over
+    again = ["eval", "--model", tiny_model, "--engine", "hf", "--protocol", "long_cot", "--benchmarks", "math500",
+             "--path", f"{benchmarks_dir}/math500.jsonl", "--limit", "2", "--samples", "1", "--out", str(out),
+             "protocol.max_tokens=9", "engine.max_model_len=1024"]
+    assert main(again + ["--resume"]) == 2 and "protocol.max_tokens" in capsys.readouterr().err
+    assert main(again + ["--no-resume", "--no-progress"]) == 0
+    assert "long_cot/math500" not in capsys.readouterr().err  # no progress bar
 
 
 def test_eval_command_rejects_bad_flags(tiny_model, capsys):

@@ -18,6 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, help="K episodes per problem (accuracy = mean over the K).")
     p.add_argument("--batch-size", type=int, help="Episodes per protocol call; results are saved after each.")
     p.add_argument("--out", help="Output folder (default: <run dir>/eval).")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="Keep the episodes an earlier run with the same settings saved (run.resume=auto, the default); "
+                        "--no-resume evaluates everything again.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bars.")
     p.add_argument("--sweep", action="append", metavar="KEY=V1;V2;...",
                    help="Evaluate every protocol at each value of recipe key KEY (protocol.* or roles.*; quote the ';' "
                         "for the shell); repeat the flag for a grid. Writes pareto.json, pareto_bseq.png, pareto_btotal.png.")
@@ -47,12 +51,14 @@ def run(args: argparse.Namespace) -> int:
         EvalConfig(**vars(ev))
     except ConfigError as e:
         raise ConfigError(f"command line: {e}") from None
+    if args.resume is not None:
+        recipe.run.resume = "auto" if args.resume else "never"
     if args.sweep:
         return sweep(args.sweep, recipe, model, adapters)
     benches = load_benchmarks(recipe)  # every input file checked before the engine starts
     engine = start_engine(recipe, model, adapters)
     try:
-        summary = evaluate(engine, recipe, model, adapters, benches=benches)
+        summary = evaluate(engine, recipe, model, adapters, progress=not args.no_progress, benches=benches)
     finally:
         engine.close()
     print(summary_markdown(summary, plot=False), end="")
