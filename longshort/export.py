@@ -153,7 +153,7 @@ def read_rl_run(path: str | Path) -> list[RunInfo]:
             "dtype": dtype, "final": str(Path(ck.adapter(role)).relative_to(path)), "steps": ck.step,
             "seed": recipe.run.seed, "lora": lora,
             "role_config": {"system_prompt": rc.system_prompt, "stop": list(rc.stop), "max_tokens": rc.max_tokens,
-                            "temperature": rc.temperature, "top_p": rc.top_p},
+                            "temperature": rc.temperature, "top_p": rc.top_p, "max_turns": recipe.protocol.max_turns},
             "data_record": data, "metrics": _rl_metrics(log, role),
             "start_adapter": str(start.resolve()) if start else None,
         }
@@ -384,7 +384,7 @@ class Exporter:
                             "role's system prompt")
         role_file = {"role": run.role, "system_prompt": role_cfg.get("system_prompt", ""), "stop": role_cfg.get("stop", []),
                      "max_tokens": role_cfg.get("max_tokens"), "temperature": role_cfg.get("temperature"),
-                     "top_p": role_cfg.get("top_p")}
+                     "top_p": role_cfg.get("top_p"), "max_turns": role_cfg.get("max_turns")}  # what the pair ran with
         for d in [merged_dir] + ([dest / "adapter"] if info["mode"] == "lora" else []):
             write_json(d / "longshort_role.json", role_file)
 

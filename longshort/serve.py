@@ -111,6 +111,7 @@ def load_bundle(export_dir: str | Path, recipe: Any) -> None:
             raise UserError(f"{manifest_file}: key 'base.sha256': the base at {path} changed since the export "
                             "(content hash differs); the adapters were verified on another model")
         recipe.model.base = str(path)
+    turns: list[int] = []
     for role in ROLES:
         rc = getattr(recipe.roles, role)
         rc.adapter = None  # only the bundle's roles are served: a recipe adapter would be a second source
@@ -121,6 +122,15 @@ def load_bundle(export_dir: str | Path, recipe: Any) -> None:
         rc.adapter = None if role in full else str(where)
         rc.system_prompt = str(settings.get("system_prompt") or "")
         rc.stop = [str(s) for s in settings.get("stop") or []]
+        # the sampling the role was trained and measured with (a tiny role breaks its format far from it); a
+        # request's own max_tokens / temperature still win
+        for key in ("max_tokens", "temperature", "top_p"):
+            if settings.get(key) is not None:
+                setattr(rc, key, type(getattr(rc, key))(settings[key]))
+        if settings.get("max_turns") is not None:  # the protocol's turn cap the pair ran with (RL exports record it)
+            turns.append(int(settings["max_turns"]))
+    if turns:
+        recipe.protocol.max_turns = max(turns)
 
 
 class Service:
@@ -250,7 +260,7 @@ def parse_chat(raw: bytes, model: str) -> ChatRequest:
         raise RequestError(400, f"request body is not valid JSON ({e})") from None
     if not isinstance(body, dict):
         raise RequestError(400, "request body must be a JSON object")
-    if body.get("model") is not None and body["model"] != model:
+    if body.get("model") is not None and body["model"] not in (model, "longshort"):  # `longshort`: whatever is served
         raise RequestError(404, f"model {body['model']!r} is not served here (GET /v1/models: {model})", "model", "model_not_found")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:

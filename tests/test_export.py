@@ -190,6 +190,10 @@ def test_export_rl_run_exports_both_final_adapters_with_cards(rl_run, runs, tiny
         assert stop == e["stop"] == manifest["how_to_run"]["roles"][role]["stop"]
         assert gen["eos_token_id"] == [tok.eos_token_id, *tok.convert_tokens_to_ids(stop)] and not gen.get("stop_strings")
         assert gen["max_new_tokens"] == getattr(recipe.roles, role).max_tokens
+        role_file = json.loads((out / role / "adapter" / "longshort_role.json").read_text())  # what `serve` samples with
+        rc = getattr(recipe.roles, role)
+        assert (role_file["max_tokens"], role_file["temperature"], role_file["top_p"], role_file["max_turns"]) == \
+            (rc.max_tokens, rc.temperature, rc.top_p, recipe.protocol.max_turns)
         # The chat template alone (no system message) renders the prompt the role was trained with.
         system = getattr(recipe.roles, role).system_prompt
         assert system and render(load_tokenizer(out / role / "merged"), [{"role": "user", "content": "What is 2 + 2?"}], True) \

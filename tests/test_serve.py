@@ -27,6 +27,9 @@ OVERRIDES = ["engine.kind=hf", "engine.max_model_len=1024", "roles.long.max_toke
 SYSTEM = {"long": "You are the long role of the served bundle.", "short": "You are the short role of the served bundle."}
 STOP = {"long": ["</think>"], "short": ["</rethink>", "</answer>"]}
 PROBLEM = "What is 12 + 7?"
+# what the roles' runs sampled with: the bundle records it and serve uses it (small caps keep the tests fast)
+ROLE_SAMPLING = {"long": {"max_tokens": 8, "temperature": 0.3, "top_p": 0.9, "max_turns": 4},
+                 "short": {"max_tokens": 6, "temperature": 0.5, "max_turns": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def bundle(tiny_model, tiny_adapters, tmp_path_factory) -> Path:
         targets = json.loads((Path(adapter) / "adapter_config.json").read_text())["target_modules"]
         info = {"stage": "sft", "role": role, "mode": "lora", "base": tiny_model, "dtype": "float32",
                 "final": str(Path(adapter).resolve()), "lora": {"r": 8, "alpha": 16, "target_modules": targets},
-                "role_config": {"system_prompt": SYSTEM[role], "stop": STOP[role]}}
+                "role_config": {"system_prompt": SYSTEM[role], "stop": STOP[role], **ROLE_SAMPLING[role]}}
         run = root / f"run_{role}"
         run.mkdir()
         # the run's resolved recipe, as `longshort sft` writes it: the export records it, serve and chat default to it
@@ -64,6 +67,14 @@ def served(bundle):
     service.close()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_the_bundle_serves_the_roles_with_the_sampling_they_ran_with(served):
+    _, service = served
+    roles = service.recipe.roles
+    assert (roles.long.max_tokens, roles.long.temperature, roles.long.top_p) == (8, 0.3, 0.9)
+    assert (roles.short.max_tokens, roles.short.temperature) == (6, 0.5)
+    assert service.recipe.protocol.max_turns == 4
 
 
 def call(server, method: str, path: str, body: bytes | dict | None = None) -> tuple[int, dict, bytes]:
@@ -93,6 +104,9 @@ def test_completion_is_the_episode_in_openai_shape(served, tiny_tokenizer):
     assert status == 200 and headers["Content-Type"] == "application/json"
     body = json.loads(raw)
     assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-") and body["model"] == "longshort-long_short"
+    status, _, raw = call(server, "POST", "/v1/chat/completions",  # `longshort` names whatever the server serves
+                          {"model": "longshort", "messages": [{"role": "user", "content": PROBLEM}], "max_tokens": 3})
+    assert status == 200 and json.loads(raw)["model"] == "longshort-long_short"
     assert isinstance(body["created"], int)
     (choice,) = body["choices"]
     assert choice["index"] == 0 and choice["message"]["role"] == "assistant"
