@@ -30,7 +30,7 @@ test-integration: setup
 demo: setup
 	$(VENV)/bin/longshort pipeline --recipe recipes/tiny/pipeline.yaml $(DEMO_ARGS)
 
-# Every benchmark (bench/run_all.py, ~20 min on 2 cores): bench/results.json + docs/benchmarks.md. TRL is the
+# Every benchmark (bench/run_all.py, ~40 min on 2 cores): bench/results.json + docs/benchmarks.md. TRL is the
 # RL baseline, installed here only (the `bench` extra), never by setup. BENCH_ARGS=--quick for a short run.
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"

@@ -12,6 +12,7 @@ import platform
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,10 @@ def count_params(model_path: str) -> dict[str, int]:
 
 
 def save_result(name: str, entry: dict[str, Any]) -> None:
-    """Merge `entry` into bench/results.json under `name` (other scripts' entries are kept)."""
+    """Merge `entry` into bench/results.json under `name` (other scripts' entries are kept), stamped with when it was
+    measured (kept by a --doc-only rewrite), so the doc can tell this run's numbers from older ones."""
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    entry.setdefault("measured", time.strftime("%Y-%m-%d %H:%M"))
     results[name] = entry
     write_json(RESULTS, results)
 
@@ -143,3 +146,17 @@ def write_section(title: str, body: str, before: str | None = None) -> None:
 
 def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def goal(value: float, op: str, target: float, **extra: Any) -> dict[str, Any]:
+    """A headline number with its goal: {value, goal, met, off_by} plus `extra`. `off_by` is how far a missed goal
+    is, as a factor (>= goals: target / value, <= goals: value / target); 1.0 or less when met."""
+    met_ = value >= target if op == ">=" else value <= target
+    off = (target / value if value else float("inf")) if op == ">=" else (value / target)
+    return {"value": value, "goal": f"{op} {target:g}", "met": met_, "off_by": round(off, 2), **extra}
+
+
+def goal_text(g: dict[str, Any], fmt: str = "{:.2f}×") -> str:
+    """'1.30× (goal >= 5, NOT met: 3.8× short)' for a `goal` dict."""
+    v = fmt.format(g["value"])
+    return f"{v} (goal {g['goal']}, met)" if g["met"] else f"{v} (goal {g['goal']}, NOT met: off by {g['off_by']:.1f}×)"

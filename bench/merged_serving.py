@@ -53,7 +53,8 @@ def run(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-merged-") as tmp:
         models = list(MODELS.items())[:1] if args.quick else MODELS.items()
         for name, shape in models:
-            model, adapter, params = build_assets(Path(tmp), name, shape)
+            model, adapters, params = build_assets(Path(tmp), name, shape)
+            adapter = adapters["long"]
             for kind in ("vllm", "hf"):
                 ref = None  # the adapter mode's sampled sequences and logprobs, scored again by the merged engine
                 for mode in MODES:
