@@ -143,22 +143,24 @@ def rl_and_engine(base: Path, n: dict[str, int], device: str, mem: Memory, tmp: 
     import torch
 
     from longshort.config.core import EngineConfig
+    from longshort.config.lora import LoRAConfig
     from longshort.config.rl import RLConfig
     from longshort.engines.base import GenRequest, SamplingParams
     from longshort.engines.hf_engine import HFEngine
     from longshort.precision import SYNC_TOLERANCE
-    from longshort.rl.learner import PolicyLearner, Sample, write_adapter
+    from longshort.rl.learner import PolicyLearner, write_adapter
+    from longshort.types import TrainSequence
 
     roles = ("long", "short")
-    cfg = RLConfig(lr=1e-3, micro_batch_size=n["rl_seqs"], gradient_checkpointing=True, lora_r=n["lora_r"],
-                   lora_alpha=2 * n["lora_r"], kl_coef=0.0)
+    cfg = RLConfig(lr=1e-3, micro_batch_size=n["rl_seqs"], gradient_checkpointing=True,
+                   lora=LoRAConfig(r=n["lora_r"], alpha=2 * n["lora_r"]), kl_coef=0.0)
     mem.reset()
     learner = PolicyLearner(str(base), {r: None for r in roles}, {r: None for r in roles}, cfg,
                             max_tokens={r: n["gen_tokens"] for r in roles}, device=device, dtype="auto")
     gen = torch.Generator().manual_seed(1)
     length = n["prompt"] + n["gen_tokens"]
-    samples = {r: [Sample(role=r, input_ids=torch.randint(0, 1000, (length,), generator=gen).tolist(),
-                          mask=[0] * n["prompt"] + [1] * n["gen_tokens"], advantage=float(i % 2 * 2 - 1))
+    samples = {r: [TrainSequence(role=r, input_ids=torch.randint(0, 1000, (length,), generator=gen).tolist(),
+                                 mask=[0] * n["prompt"] + [1] * n["gen_tokens"], advantage=float(i % 2 * 2 - 1))
                    for i in range(n["rl_seqs"])] for r in roles}
     norm = [float(n["rl_seqs"] * n["gen_tokens"])]
     learner.train("long", samples["long"][:2], norm)  # warm-up (kernels, allocator); its update moves the adapter
@@ -173,7 +175,7 @@ def rl_and_engine(base: Path, n: dict[str, int], device: str, mem: Memory, tmp: 
         "lora_dtype": str(learner.params["long"][0].dtype).replace("torch.", ""),
         "adam_state_dtype": str(next(iter(learner.optim["long"].state.values()))["exp_avg"].dtype).replace("torch.", ""),
         "gradient_checkpointing": True, "update_s": round(update_s, 4), "tokens_per_s": round(tokens / update_s, 1),
-        "grad_norm": {r: stats[r]["grad_norm"] for r in roles}, "peak_gib": mem.peak_gib()}}
+        "grad_norm": {r: stats[r].grad_norm for r in roles}, "peak_gib": mem.peak_gib()}}
 
     paths = {r: str(write_adapter(learner.export_adapter(r), tmp / f"adapter-{r}")) for r in roles}
     engine = HFEngine(str(base), EngineConfig(kind="hf", dtype="auto", max_model_len=length + 8, batch_size=n["gen_batch"]),

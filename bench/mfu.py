@@ -77,12 +77,13 @@ def learn_flops(model: str, params: int, batch: int, max_tokens: int) -> dict[st
     import random
 
     from longshort.config.rl import RLConfig
-    from longshort.rl.learner import PolicyLearner, Sample
+    from longshort.rl.learner import PolicyLearner
+    from longshort.types import TrainSequence
 
     learner = PolicyLearner(model, {"long": None, "short": None}, {"long": None, "short": None},
                             RLConfig(micro_batch_size=batch), max_tokens={"long": max_tokens, "short": max_tokens})  # fmt: skip
     rng = random.Random(0)
-    samples = [Sample("long", [rng.randrange(20, 800) for _ in range(64 + max_tokens)], [0] * 64 + [1] * max_tokens, rng.uniform(-1, 1))
+    samples = [TrainSequence("long", [rng.randrange(20, 800) for _ in range(64 + max_tokens)], [0] * 64 + [1] * max_tokens, advantage=rng.uniform(-1, 1))
                for _ in range(batch)]  # fmt: skip
     norm = [float(batch * max_tokens)]
     learner.train("long", samples[: min(4, batch)], [float(min(4, batch) * max_tokens)])  # warm-up

@@ -5,7 +5,7 @@ on CPU), at equal steps, side by side in one run.
 The stage's recipe is the one `longshort pipeline` builds (shared sections + `pipeline.rl`: protocol long_short, both
 roles, the recipe's problems_per_step, group_size, temperatures, max_tokens, max_turns, lr, KL), with four changes
 that keep it runnable alone and equal for both engines: the base is the shipped reasoner (data/reasoner/tiny, what
-stage `reasoner` installs), both roles start from a fresh LoRA on rl.lora_targets instead of the SFT adapters
+stage `reasoner` installs), both roles start from a fresh LoRA on rl.lora.target_modules instead of the SFT adapters
 (stages sft_long/sft_short are not run; a fresh LoRA also has no lm_head LoRA, which adapter-mode vLLM refuses),
 the problems come from the recipe's synthetic generator (`synthetic.n` smaller, same settings) instead of stage
 data's file, and `rl.steps` is `--steps`. Timed: the stage's wall time (`run_rl`, Ray and engine start-up included)
@@ -88,7 +88,7 @@ def run_stage(out: Path, name: str, a: argparse.Namespace) -> dict[str, Any]:
         "learn_s": total("time/learn"),
         "sync_s": total("time/sync"),
         "step_s_per_step": [round(r["time/step"], 2) for r in rows],
-        "gen_tokens_per_episode": round(sum(r["tokens"] for r in rows) / len(rows), 1),
+        "gen_tokens_per_episode": round(sum(r["tokens_per_problem"] for r in rows) / len(rows), 1),
         "turns_per_episode": round(sum(r["turns"] for r in rows) / len(rows), 2),
         "accuracy": round(sum(r["accuracy"] for r in rows) / len(rows), 3),
         "projected_recipe_stage_s": round(startup + rows[0]["time/step"] + (a.recipe_steps - 1) * later, 1),

@@ -61,8 +61,8 @@ def run_longshort(out: Path, model: str, a: argparse.Namespace, extra: list[str]
         "learn_s": round(median([r["time/learn"] for r in rows]), 3),
         "sync_s": round(median([r["time/sync"] for r in rows]), 3),
         "samples_per_s": round(n / step, 3),
-        "gen_tokens_per_sample": round(sum(r["tokens"] for r in rows) / len(rows), 1),
-        "gen_tokens_per_s": round(median([r["tokens"] * n / r["time/step"] for r in rows]), 1),
+        "gen_tokens_per_sample": round(sum(r["tokens_per_problem"] for r in rows) / len(rows), 1),
+        "gen_tokens_per_s": round(median([r["tokens_per_problem"] * n / r["time/step"] for r in rows]), 1),
         "wall_s_incl_startup": round(total, 1),
     }
 
@@ -80,7 +80,7 @@ def run_trl(out: Path, model: str, a: argparse.Namespace) -> dict[str, Any]:
     from longshort.config.recipe import load_recipe
     from longshort.grading import compare_many, extract_answer, gold_answer
     from longshort.models import load_tokenizer
-    from longshort.rl.loop import batch_at, load_problems
+    from longshort.rl.batches import batch_at, load_problems
 
     recipe = load_recipe(str(RECIPE), rl_overrides(str(out), model, steps=a.steps, problems=a.problems, group=a.group, max_tokens=a.max_tokens))
     tok = load_tokenizer(model)

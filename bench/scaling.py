@@ -61,9 +61,9 @@ def timed_step(recipe: Any, learner: Any, workers: list[Any], problems: list[dic
     import ray
 
     from longshort.rl.advantages import assign_advantages
-    from longshort.rl.loop import batch_at, build_batches, check_rollout_gap, probes_from, roles_to_train
+    from longshort.rl.batches import batch_at, build_batches, probes_from, roles_to_train
     from longshort.rl.rewards import assign_rewards
-    from longshort.rl.sync import push, resolve_precision, verify
+    from longshort.rl.sync import check_sampled, push, resolve_precision, verify
     from longshort.types import ROLES
 
     cfg = resolve_precision(recipe)[0].rl  # rl.sync_tolerance: null = from the dtypes
@@ -77,9 +77,9 @@ def timed_step(recipe: Any, learner: Any, workers: list[Any], problems: list[dic
     assign_advantages(episodes, cfg.estimator, ROLES)
     batches, norms = build_batches(episodes, roles_to_train(recipe, step), recipe)
     stats = learner.train(batches, norms) if batches else {}
-    check_rollout_gap(stats, cfg.sync_tolerance)
+    check_sampled(stats, cfg.sync_tolerance)
     t2 = time.perf_counter()
-    push(learner, workers, list(batches))
+    push(workers, learner.export(list(batches)) if batches else {})
     verify(learner, workers, probes_from(episodes), cfg.sync_tolerance)
     t3 = time.perf_counter()
     return {"step": t3 - t0, "rollout": t1 - t0, "learn": t2 - t1, "sync": t3 - t2,
@@ -101,7 +101,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from common import build_model
     from longshort.config.recipe import load_recipe
     from longshort.rl.actors import LearnerGroup
-    from longshort.rl.loop import load_problems
+    from longshort.rl.batches import load_problems
     from longshort.rl.sync import push
     from longshort.types import ROLES
 
@@ -130,7 +130,7 @@ def run(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 step += 1
                 rows.append(timed_step(recipe, learner, workers[:n_workers], problems, step))
                 if workers[n_workers:]:  # the idle actor takes the update too (untimed), ready for its next turn
-                    push(learner, workers[n_workers:], list(ROLES))
+                    push(workers[n_workers:], learner.export(list(ROLES)))
             return {k: round(median([r[k] for r in rows]), 3) for k in rows[0]}
 
         for n in (1, 2):  # warm-up: first generate per engine, first learner update

@@ -148,7 +148,7 @@ def read_rl_run(path: str | Path) -> list[RunInfo]:
             lora = {"r": acfg.get("r"), "alpha": acfg.get("lora_alpha"), "target_modules": list(acfg.get("target_modules") or [])}
             _check_start_base(start, base, cfg_file, role)
         else:
-            lora = {"r": recipe.rl.lora_r, "alpha": recipe.rl.lora_alpha, "target_modules": list(recipe.rl.lora_targets)}
+            lora = {"r": recipe.rl.lora.r, "alpha": recipe.rl.lora.alpha, "target_modules": list(recipe.rl.lora.target_modules)}
         info = {
             "stage": "rl", "role": role, "mode": "lora", "base": str(base.resolve()), "base_spec": recipe.model.base,
             "dtype": dtype, "final": str(Path(ck.adapter(role)).relative_to(path)), "steps": ck.step,

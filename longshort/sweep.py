@@ -34,8 +34,16 @@ from longshort.config.loader import apply_overrides, build, to_dict
 from longshort.config.recipe import Recipe
 from longshort.data.benchmarks import Benchmark
 from longshort.errors import UserError
-from longshort.eval import EPISODE_KEYS, annotate_apart, metrics, new_figure, out_dir, run_benchmark, to_png
+from longshort.eval import (
+    EPISODE_KEYS,
+    annotate_apart,
+    new_figure,
+    out_dir,
+    run_benchmark,
+    to_png,
+)
 from longshort.io import atomic_write_bytes, write_json
+from longshort.metrics import episode_metrics
 from longshort.run import open_run
 from longshort.run.settings import check, recorded, settings
 from longshort.stats import mean_ci, wilson
@@ -143,7 +151,7 @@ def point_settings(recipe: Recipe, benches: list[Benchmark], model: str, adapter
 def row(protocol: str, point: Point, run: str, ignored: list[str], eps: list[Episode]) -> dict[str, Any]:
     """One point × protocol: its metrics (as `longshort eval`'s summary rows) with n and intervals."""
     n = len(eps)
-    m = metrics(eps)
+    m = episode_metrics(eps)
     return {
         "point": point.name, "override": point.values, "protocol": protocol, "run": f"runs/{run}/{protocol}",
         "shared": bool(ignored), "ignores": ignored, "n": n,

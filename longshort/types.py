@@ -47,13 +47,18 @@ class Turn:
 
 @dataclass
 class TrainSequence:
-    """One role's training view of (part of) an episode: own completion tokens trainable, the rest context."""
+    """One role's training view of (part of) an episode: own completion tokens trainable, the rest context. The
+    episode derives it (`Episode.training_sequences`); RL's batching fills in the advantage and minibatch, and the
+    learner trains on exactly this type."""
 
     role: str
     input_ids: list[int]
     mask: list[int]  # 1 = this role's completion token (loss), 0 = context
-    old_logprobs: list[float]  # sampling logprobs aligned with input_ids (0.0 where mask == 0)
+    old_logprobs: list[float] = field(default_factory=list)  # sampling logprobs aligned with input_ids (0.0 where mask == 0)
     temperatures: list[float | None] = field(default_factory=list)  # each token's `Turn.temperature` (None: unknown)
+    advantage: float = 0.0
+    minibatch: int = 0
+    correct: bool = False  # the episode was graded correct: its trainable tokens enter the NLL term (rl.nll_coef)
 
 
 @dataclass

@@ -10,7 +10,8 @@ import pytest
 from longshort.cli import main
 from longshort.config import load_recipe
 from longshort.errors import UserError
-from longshort.eval import evaluate, metrics
+from longshort.eval import evaluate
+from longshort.metrics import episode_metrics
 from longshort.types import Episode, Turn, read_episodes
 
 RESULT_FIELDS = {
@@ -94,7 +95,7 @@ def test_metrics_hand_checked():
         _ep("b", 0, "3", False, ["<answer>\\boxed{3}</answer>"], ok=False),
         _ep("b", 1, None, False, ["bad"]),
     ]
-    m = metrics(eps)
+    m = episode_metrics(eps)
     assert (m["problems"], m["samples"], m["episodes"]) == (2, 2, 4)
     assert m["accuracy"] == 0.25  # 1 of 4 episodes
     assert m["accuracy_std"] == 0.25  # per-sample accuracies 0.5 and 0.0

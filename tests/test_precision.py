@@ -17,7 +17,8 @@ from longshort.config.recipe import Recipe
 from longshort.config.rl import RLConfig
 from longshort.precision import (BF16_MIN_SPEEDUP, SYNC_TOLERANCE, cpu_choice, cpu_matmul_probe, resolve_bf16,
                                  resolve_dtype)
-from longshort.rl.learner import PolicyLearner, Sample
+from longshort.rl.learner import PolicyLearner
+from longshort.types import TrainSequence
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_RECIPE = REPO / "recipes" / "tiny" / "sft_long.yaml"
@@ -100,9 +101,9 @@ def test_sft_auto_precision_is_recorded_and_keeps_lora_float32(tmp_path, tiny_mo
 
 
 # ---- RL learner -----------------------------------------------------------------------------------------------
-def _samples(role: str, n: int = 4, length: int = 40) -> list[Sample]:
+def _samples(role: str, n: int = 4, length: int = 40) -> list[TrainSequence]:
     gen = torch.Generator().manual_seed(7)
-    return [Sample(role=role, input_ids=torch.randint(3, 800, (length,), generator=gen).tolist(),
+    return [TrainSequence(role=role, input_ids=torch.randint(3, 800, (length,), generator=gen).tolist(),
                    mask=[0] * 16 + [1] * (length - 16), advantage=1.0 if i % 2 else -1.0) for i in range(n)]
 
 
@@ -130,8 +131,8 @@ def test_rl_gradient_checkpointing_gives_the_same_update(tiny_model, tiny_adapte
     (a, pa, ga), (b, pb, gb) = out[False], out[True]
     assert (ga, gb) == (False, True)
     for k in ("pg", "kl", "entropy", "ratio"):
-        assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), k
-    assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4) and a["grad_norm"] > 0
+        assert getattr(b, k) == pytest.approx(getattr(a, k), rel=1e-5, abs=1e-6), k
+    assert b.grad_norm == pytest.approx(a.grad_norm, rel=1e-4) and a.grad_norm > 0
     assert max((x - y).abs().max().item() for x, y in zip(pa, pb)) < 1e-6
 
 

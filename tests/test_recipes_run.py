@@ -111,7 +111,8 @@ def scripted(monkeypatch, tiny_model, tiny_tokenizer, tiny_adapters):
         from longshort.rl import checkpoint
         from longshort.rl.actors import RolloutWorker, read_adapter
         from longshort.rl.advantages import assign_advantages
-        from longshort.rl.loop import batch_at, episode_metrics, load_problems
+        from longshort.rl.batches import batch_at, load_problems
+        from longshort.rl.metrics import episode_row
         from longshort.rl.rewards import assign_rewards
 
         r = stage.recipe
@@ -126,7 +127,7 @@ def scripted(monkeypatch, tiny_model, tiny_tokenizer, tiny_adapters):
         assign_rewards(episodes, r.rl.rewards, r.roles.short.max_tokens)
         assign_advantages(episodes, r.rl.estimator, ROLES)
         checkpoint.save(stage.dir / "checkpoints", r.rl.steps, {"adapters": files, "trainer": b""}, {"cursor": 0}, 1)
-        return {"steps": r.rl.steps, "resumed_from": 0, "last": episode_metrics(episodes)}
+        return {"steps": r.rl.steps, "resumed_from": 0, "last": episode_row(episodes)}
 
     def export(plan, stage, progress):
         adapters = stages.final_adapters(plan)  # what export reads: RL's newest complete checkpoint

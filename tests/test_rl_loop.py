@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from longshort.config.recipe import load_recipe
-from longshort.rl.loop import batch_at, build_batches, roles_to_train
+from longshort.rl.batches import batch_at, build_batches, roles_to_train
 from longshort.types import Episode, Turn
 
 
@@ -46,18 +46,18 @@ def test_a_failed_sync_exits_3_is_logged_and_leaves_no_checkpoint_of_its_step(ra
     checkpointed."""
     import json
 
-    import longshort.rl.loop as loop
+    import longshort.rl.pool as pool
     from longshort.cli import main
 
     from conftest import RL_RECIPE, rl_overrides
 
-    real_push, pushes = loop.push, []
+    real_push, pushes = pool.push, []
 
-    def lossy_push(learner, workers, roles):
-        pushes.append(roles)
-        return real_push(learner, workers, roles) if len(pushes) == 1 else 0  # step 2: nothing is sent
+    def lossy_push(workers, files):
+        pushes.append(sorted(files))
+        return real_push(workers, files) if len(pushes) == 1 else 0  # step 2: nothing is sent
 
-    monkeypatch.setattr(loop, "push", lossy_push)
+    monkeypatch.setattr(pool, "push", lossy_push)
     args = rl_overrides(tmp_path, tiny_model, tiny_adapters, "rl.steps=3", "rl.checkpoint_every=1", "run.name=s")
     assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 3
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
@@ -105,22 +105,21 @@ def test_a_wrong_push_in_merged_mode_fails_the_sync_check(ray_cluster, tmp_path,
 
     import ray
 
-    import longshort.rl.loop as loop
+    import longshort.rl.pool as pool
     from longshort.cli import main
 
     from conftest import RL_RECIPE, rl_overrides
 
-    real_push, pushes = loop.push, []
+    real_push, pushes = pool.push, []
 
-    def swapped_push(learner, workers, roles):
-        pushes.append(roles)
+    def swapped_push(workers, files):
+        pushes.append(sorted(files))
         if len(pushes) == 1:
-            return real_push(learner, workers, roles)
-        files = learner.export(["long", "short"])
+            return real_push(workers, files)
         ray.get([w.set_adapters.remote({"long": files["short"], "short": files["long"]}) for w in workers])
         return sum(len(b) for role in files.values() for b in role.values())
 
-    monkeypatch.setattr(loop, "push", swapped_push)
+    monkeypatch.setattr(pool, "push", swapped_push)
     args = rl_overrides(tmp_path, tiny_model, tiny_adapters, "rl.steps=2", "rl.checkpoint_every=1", "run.name=w",
                         "engine.lora_mode=auto", "rl.problems_per_step=1", "rl.group_size=2")
     assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 3
@@ -133,3 +132,30 @@ def test_a_wrong_push_in_merged_mode_fails_the_sync_check(ray_cluster, tmp_path,
     assert [r["step"] for r in rows] == [1, 2] and len(pushes) == 2
     assert rows[0]["sync/ok"] is True and rows[0]["sync/max_abs_diff"] <= info["sync_tolerance"]
     assert rows[1]["sync/ok"] is False and min(rows[1]["sync/long_max_diff"], rows[1]["sync/short_max_diff"]) > info["sync_tolerance"]
+
+
+def test_offpolicy_rollouts_overlap_learning_and_are_scored_under_the_adapters_that_sampled(ray_cluster, tmp_path,
+                                                                                              tiny_model, tiny_adapters):
+    """rl.offpolicy_steps=1: steps 2 and 4 are rolled out while the step before trains, with the adapters from before
+    that update. The learner takes π_old from those adapters: every sampled token's engine logprob matches it (gap
+    within the tolerance), the ratio measures the one-step drift (≠ 1; an on-policy step with one epoch has ratio 1
+    exactly), and every push still passes the sync probe. A checkpoint step is never followed by an early rollout."""
+    import json
+
+    from longshort.cli import main
+
+    from conftest import RL_RECIPE, rl_overrides
+
+    args = rl_overrides(tmp_path, tiny_model, tiny_adapters, "rl.steps=4", "rl.checkpoint_every=2", "run.name=o",
+                        "rl.offpolicy_steps=1", "rl.problems_per_step=1", "rl.group_size=2", "rl.lr=2e-2")
+    assert main(["rl", "--recipe", RL_RECIPE, "--no-progress", *args]) == 0
+    run = tmp_path / "o"
+    tolerance = json.loads((run / "precision.json").read_text())["sync_tolerance"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["offpolicy"] for r in rows] == [False, True, False, True]  # step 3 follows checkpoint step 2: on-policy
+    for r in rows:
+        assert r["sync/ok"] is True and r["trained"] == ["long", "short"]
+        assert max(r["long/logprob_gap_max"], r["short/logprob_gap_max"]) <= tolerance
+        drift = max(abs(r["long/ratio"] - 1), abs(r["short/ratio"] - 1))
+        assert (drift > 1e-5) if r["offpolicy"] else (drift == 0.0), (r["step"], drift)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from longshort.config import load_recipe
-from longshort.rl.loop import build_batches, nll_normalisers
+from longshort.rl.batches import build_batches, nll_normalisers
 from longshort.rl.loss import policy_loss
 from longshort.rl.operator import call_kind, route
 
@@ -94,9 +94,9 @@ def test_the_learner_trains_at_each_turns_sampling_temperature(rollouts, tiny_mo
     logsm = torch.log_softmax(logits, -1)
     want_entropy = float(sum(-(logsm[i - 1].exp() * logsm[i - 1]).sum() for i in own))
     stats = lr.train("long", [s], norms["long"])
-    assert stats["ratio"] / stats["tokens"] == pytest.approx(1.0, abs=1e-5)  # old and new at the same temperature
-    assert stats["entropy"] == pytest.approx(want_entropy, rel=1e-4)
-    assert stats["gap"] / stats["gap_tokens"] < 1e-4  # engine (raw) vs learner (raw): still compared untempered
+    assert stats.ratio / stats.tokens == pytest.approx(1.0, abs=1e-5)  # old and new at the same temperature
+    assert stats.entropy == pytest.approx(want_entropy, rel=1e-4)
+    assert stats.gap / stats.gap_tokens < 1e-4  # engine (raw) vs learner (raw): still compared untempered
 
 
 # ---------------------------------------------------------------------------------------------- the loss

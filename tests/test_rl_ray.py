@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from longshort.cli import main
 from longshort.config.recipe import load_recipe
-from longshort.rl.learner import Sample
+from longshort.types import TrainSequence
 
 from conftest import rl_overrides as _recipe  # the suite's tiny RL settings, shared with tests/reliability/
 
@@ -22,14 +22,14 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPE = str(REPO / "recipes" / "tiny" / "rl.yaml")
 
 
-def _samples(n: int, seed: int) -> list[Sample]:
+def _samples(n: int, seed: int) -> list[TrainSequence]:
     rng = random.Random(seed)
     out = []
     for i in range(n):
         k = rng.randint(12, 30)
         ids = [rng.randrange(5, 800) for _ in range(k)]
         mask = [0] * (k // 2) + [1] * (k - k // 2)
-        out.append(Sample("long" if i % 2 else "short", ids, mask, rng.uniform(-1, 1)))
+        out.append(TrainSequence("long" if i % 2 else "short", ids, mask, advantage=rng.uniform(-1, 1)))
     return out
 
 
@@ -63,8 +63,8 @@ def test_one_and_two_learner_workers_make_the_same_update(ray_cluster, tmp_path,
             group.shutdown()
     (s1, a1), (s2, a2) = results[1], results[2]
     for role in ("long", "short"):
-        assert s1[role]["tokens"] == s2[role]["tokens"] > 0
-        assert s1[role]["grad_norm"] == pytest.approx(s2[role]["grad_norm"], rel=1e-4)
+        assert s1[role].tokens == s2[role].tokens > 0
+        assert s1[role].grad_norm == pytest.approx(s2[role].grad_norm, rel=1e-4)
         start = load_file(str(Path(tiny_adapters[role]) / "adapter_model.safetensors"))
         # the update each made: Δ = end − start over all LoRA tensors; Adam divides by sqrt(v), which turns
         # float-summation-order noise in near-zero gradients into lr-scale noise, so compare Δ as a whole
@@ -94,7 +94,7 @@ def test_sync_check_catches_a_stale_adapter(ray_cluster, tmp_path, tiny_model, t
         with pytest.raises(SyncError, match="long adapter"):
             verify(group, [worker], probes, 1e-4)  # the engine still serves the old long adapter
         assert verify(group, [worker], {"short": probes["short"]}, 1e-4)["short"] < 1e-4  # short was not trained
-        push(group, [worker], ["long"])
+        push([worker], group.export(["long"]))
         assert max(verify(group, [worker], probes, 1e-4).values()) < 1e-4
     finally:
         ray.kill(worker)
@@ -129,10 +129,13 @@ def test_rl_end_to_end_updates_both_adapters_with_verified_sync(rl_straight_run,
         assert r["sync/ok"] is True and r["trained"] == ["long", "short"]
         for role in ("long", "short"):
             for key in ("reward", "reward/correct", "reward/format", "reward/length", "reward/synergy", "accuracy",
-                        "tokens", "turns", "format_failures", "kl", "entropy", "clip_frac", "grad_norm"):  # fmt: skip
+                        "tokens_per_problem", "turns", "format_failure_rate", "kl", "entropy", "clip_frac", "grad_norm",
+                        "padding"):  # fmt: skip
                 assert f"{role}/{key}" in r
             assert r[f"sync/{role}_max_diff"] < 1e-3 and r[f"{role}/logprob_gap_max"] < 1e-3
-        assert r["time/rollout"] > 0 and r["time/learn"] > 0 and r["time/sync"] > 0
+        assert r["time/rollout"] > 0 and r["time/learn"] > 0 and r["time/sync"] > 0 and r["offpolicy"] is False
+        # the names and meanings of eval's summary (longshort/metrics.py): rethinks per short turn, per-episode tokens
+        assert r["tokens_per_problem"] > 0 and 0 <= r["rethink_rate"] <= 1 and "rethinks_per_episode" in r
     assert rows[-1]["long/kl"] > 0 and rows[-1]["short/kl"] > 0
     final = rl_straight_run / "checkpoints" / "step-000004" / "adapters"
     for role in ("long", "short"):

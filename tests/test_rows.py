@@ -232,7 +232,7 @@ def test_sft_examples_from_a_parquet_file_of_chat_rows(tmp_path, tiny_tokenizer)
 
 
 def test_rl_problems_from_a_datasets_folder(tmp_path):
-    from longshort.rl.loop import load_problems
+    from longshort.rl.batches import load_problems
 
     folder = save_dataset(tmp_path / "ds", [{"question": "1+1?", "gold": 2}, {"question": "2+2?", "gold": 4}])
     recipe = load_recipe(None, [f"data.train={folder}", "data.fields.answer=gold"])

@@ -172,6 +172,9 @@ def build(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T
     kwargs: dict[str, Any] = {}
     for k, v in data.items():
         if k not in fields:
+            renamed = getattr(cls, "RENAMED", {})  # old spellings a section still recognises (`rl.lora_r` -> `rl.lora.r`)
+            if k in renamed:
+                raise ConfigError(f"{where}: key '{prefix}{k}' was renamed: use '{prefix}{renamed[k]}'")
             close = [f for f in fields if f.startswith(str(k)[:3])]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{where}: unknown key '{prefix}{k}'{hint}")
@@ -185,8 +188,12 @@ def build(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T
     try:
         obj = cls(**kwargs)
     except ConfigError as e:  # __post_init__ validation
-        section = f"section '{prefix[:-1]}': " if prefix and "key '" not in str(e) else ""
-        raise ConfigError(f"{where}: {section}{e}") from None
+        # A type used in several places (roles.long/short, sft.lora/rl.lora) cannot know its own path: its message
+        # starts with a bare field name ("r must be >= 1"), named here as the dotted key; other messages get the section.
+        msg, first = str(e), str(e).split(" ", 1)[0]
+        if prefix and "key '" not in msg:
+            msg = f"key '{prefix}{first}'{msg[len(first):]}" if first in fields else f"section '{prefix[:-1]}': {msg}"
+        raise ConfigError(f"{where}: {msg}") from None
     return obj
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from longshort.config.loader import doc
+from longshort.config.lora import LoRAConfig
 from longshort.errors import ConfigError
 
 
@@ -32,6 +33,8 @@ class RewardConfig:
 
 @dataclass
 class RLConfig:
+    # Old spellings of keys, each refused with the new key's name (the loader reads this where it reports unknown keys).
+    RENAMED: ClassVar[dict[str, str]] = {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_targets": "lora.target_modules"}
     steps: int = doc("RL steps (one rollout batch + one update + one verified sync each).", 20)
     problems_per_step: int = doc("Problems sampled per step (each gets a group of `group_size` episodes).", 4)
     group_size: int = doc("Episodes per problem (G); the group is the baseline of GRPO/RLOO (Shao et al. 2402.03300).", 4)
@@ -53,7 +56,15 @@ class RLConfig:
     lr_schedule: Literal["constant", "cosine"] = doc("Learning-rate schedule after warm-up (over `steps`).", "constant")
     ppo_epochs: int = doc("Passes over each step's episodes.", 1)
     minibatches: int = doc("Optimizer updates per epoch (the step's sequences are split in this many minibatches).", 1)
-    micro_batch_size: int = doc("Sequences per forward/backward on one learner worker (memory knob; no effect on the update).", 8)
+    micro_batch_size: int = doc("Rows per forward/backward on one learner worker (memory knob; no effect on the update): "
+                                "one sequence each, or with rl.pack_sequences as many as fit the longest one's length.", 8)
+    pack_sequences: bool = doc(
+        "Learner: lay a step's sequences end to end in rows as long as its longest sequence (attention kept within "
+        "each sequence) instead of padding each to that length; the same update with fewer positions.", True)
+    offpolicy_steps: int = doc(
+        "0: each step's rollouts use the adapters it trains. 1: step k+1 is rolled out with step k's adapters while "
+        "the learner trains on step k, and the PPO ratio is taken against the adapters that sampled (one step "
+        "off-policy); a checkpoint step is not overlapped, so a resumed run repeats the uninterrupted one.", 0)
     clip_low: float = doc("PPO ratio clip ε_low: ratio clipped to [1 − clip_low, 1 + clip_high] (Schulman et al. 1707.06347).", 0.2)
     clip_high: float = doc("PPO ratio clip ε_high (> clip_low = DAPO's clip-higher, Yu et al. 2503.14476).", 0.2)
     loss: Literal["ppo_clip", "cispo"] = doc(
@@ -90,10 +101,10 @@ class RLConfig:
         "alone (correct 1, format/length/synergy 0).",
         factory=RewardConfig,
     )
-    lora_r: int = doc("LoRA rank of a fresh adapter (used when roles.<role>.adapter is null).", 8)
-    lora_alpha: int = doc("LoRA alpha of a fresh adapter.", 16)
-    lora_targets: list[str] = doc(
-        "Modules a fresh adapter wraps.", factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora: LoRAConfig = doc(
+        "LoRA shape of a fresh adapter (a role with roles.<role>.adapter null; a start adapter keeps its own shape). "
+        "Same keys as `sft.lora`; dropout must be 0.",
+        factory=LoRAConfig,
     )
     ray_address: str | None = doc("Ray cluster to join (`auto`, `HOST:PORT`); null = `RAY_ADDRESS` or a new local cluster.", None)
     ray_num_cpus: int | None = doc("CPUs of a new local Ray cluster (null = Ray's count).", None)
@@ -124,7 +135,6 @@ class RLConfig:
             "ppo_epochs": self.ppo_epochs,
             "minibatches": self.minibatches,
             "micro_batch_size": self.micro_batch_size,
-            "lora_r": self.lora_r,
             "rollout_actors": self.rollout_actors,
             "learner_workers": self.learner_workers,
             "checkpoint_every": self.checkpoint_every,
@@ -133,6 +143,8 @@ class RLConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"key 'rl.{key}' must be >= 1, got {value}")
+        if self.offpolicy_steps not in (0, 1):
+            raise ConfigError(f"key 'rl.offpolicy_steps' must be 0 or 1, got {self.offpolicy_steps}")
         if self.group_size < 2:
             raise ConfigError(f"key 'rl.group_size' must be >= 2 (the group is the baseline), got {self.group_size}")
         if self.lr <= 0:
@@ -143,6 +155,9 @@ class RLConfig:
                     "nll_coef"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"key 'rl.{key}' must be >= 0, got {getattr(self, key)}")
+        if self.lora.dropout != 0:  # PolicyLearner builds fresh adapters without dropout; a recipe must not claim otherwise
+            raise ConfigError(f"key 'rl.lora.dropout' must be 0 (the engine samples without dropout; with it the learner's "
+                              f"logprobs would not match the sampler's), got {self.lora.dropout}")
         if self.clip_low >= 1:
             raise ConfigError(f"key 'rl.clip_low' must be < 1, got {self.clip_low}")
         for key in ("rollout_cpus", "rollout_gpus", "learner_cpus", "learner_gpus"):

@@ -10,28 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from longshort.config.loader import doc
+from longshort.config.lora import LoRAConfig
 from longshort.errors import ConfigError
-
-
-@dataclass
-class LoRAConfig:
-    r: int = doc("LoRA rank r (Hu et al. 2021); Long⊗Short trains one adapter per role on a shared base.", 8)
-    alpha: int = doc("LoRA alpha: the update is scaled by alpha / r.", 16)
-    dropout: float = doc("Dropout on the LoRA input (0 = none; uses the torch RNG, restored on resume).", 0.0)
-    target_modules: list[str] = doc(
-        "Module names that get adapters (Qwen2/Llama names); vLLM serves adapters on these.",
-        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    )
-
-    def __post_init__(self) -> None:
-        if self.r < 1:
-            raise ConfigError(f"key 'sft.lora.r' must be >= 1, got {self.r}")
-        if self.alpha < 1:
-            raise ConfigError(f"key 'sft.lora.alpha' must be >= 1, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            raise ConfigError(f"key 'sft.lora.dropout' must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise ConfigError("key 'sft.lora.target_modules' must name at least one module")
 
 
 @dataclass

@@ -240,7 +240,7 @@ def lora_problems(plan: Plan) -> list[str]:
     bad = []
     for stage in ("rl", "eval", "benchmarks"):
         e = plan.stages[stage].recipe.engine
-        ranks = [plan.stages[s].recipe.sft.lora.r for s in ("sft_long", "sft_short")] + [plan.stages["rl"].recipe.rl.lora_r]
+        ranks = [plan.stages[s].recipe.sft.lora.r for s in ("sft_long", "sft_short")] + [plan.stages["rl"].recipe.rl.lora.r]
         if max(ranks) > e.max_lora_rank:
             bad.append(f"stage {stage}: engine.max_lora_rank {e.max_lora_rank} < LoRA rank {max(ranks)}")
         if e.max_loras < 2:

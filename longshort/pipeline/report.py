@@ -191,7 +191,7 @@ def plot_rl(rows: list[dict[str, Any]]) -> Any:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole: no tick at step 1.5
     ax.grid(alpha=0.3)
     ax2 = ax.twinx()
-    ax2.plot(steps, [r.get("tokens", math.nan) for r in rows], color="grey", linestyle="--", label="tokens per episode")
+    ax2.plot(steps, [r.get("tokens_per_problem", math.nan) for r in rows], color="grey", linestyle="--", label="tokens per episode")
     ax2.set_ylabel("tokens per episode (dashed)")
     # one legend for both axes: the twin's line needs its entry too
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
@@ -227,7 +227,7 @@ def write_report(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, An
     analysis = records["coldstart"]["summary"].get("ground_truth", {})
     rl: dict[str, Any] = {}
     if rl_rows:
-        keys = ("accuracy", "tokens", "tokens_per_solved", "long/reward", "short/reward", "rethink_rate", "sync/ok")
+        keys = ("accuracy", "tokens_per_problem", "tokens_per_solved", "long/reward", "short/reward", "rethink_rate", "sync/ok")
         cfg = plan.stages["rl"].recipe.rl
         per_step = cfg.problems_per_step * cfg.group_size  # the episodes each step's accuracy is a mean of
         rl = {"steps": len(rl_rows), "first": {k: rl_rows[0].get(k) for k in keys}, "last": {k: rl_rows[-1].get(k) for k in keys},

@@ -280,7 +280,7 @@ def one_line(name: str, summary: dict[str, Any]) -> str:
         return "; ".join(f"{s} acc {r['accuracy']:.2f} tok {r['tokens_per_problem']:.0f}" for s, r in rows)
     if name in ("rl", "rl_length"):
         last = summary.get("last", {})
-        return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens', float('nan')):.0f}"
+        return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens_per_problem', float('nan')):.0f}"
     if name == "export":
         return f"{summary['out']} (" + ", ".join(f"{r}: vllm {v['vllm']}" for r, v in summary["roles"].items()) + ")"
     parts = []

@@ -8,6 +8,7 @@ same path.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import socket
 import tempfile
@@ -17,8 +18,8 @@ from typing import Any
 import ray
 
 from longshort.config.recipe import Recipe
-from longshort.rl.learner import PolicyLearner, Sample, write_adapter
-from longshort.types import Episode
+from longshort.rl.learner import LearnerStats, PolicyLearner, write_adapter
+from longshort.types import Episode, TrainSequence
 
 AdapterFiles = dict[str, bytes]
 
@@ -125,10 +126,12 @@ class LearnerWorker:
         if self.world > 1:
             dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world)
 
-    def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]],
-              nll_normalisers: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
-        nll = nll_normalisers or {}
-        return {role: self.learner.train(role, batches[role], normalisers[role], nll.get(role)) for role in batches}
+    def train(self, batches: dict[str, list[TrainSequence]], normalisers: dict[str, list[float]],
+              nll_normalisers: dict[str, list[float]] | None = None,
+              behaviour: dict[str, AdapterFiles] | None = None) -> dict[str, LearnerStats]:
+        nll, behaviour = nll_normalisers or {}, behaviour or {}
+        return {role: self.learner.train(role, batches[role], normalisers[role], nll.get(role), behaviour.get(role))
+                for role in batches}
 
     def logprobs(self, adapter: str | None, sequences: list[list[int]]) -> list[list[float]]:
         return self.learner.logprobs(adapter, sequences)
@@ -159,26 +162,22 @@ class LearnerGroup:
         ray.get([w.init_process_group.remote(addr, port, backend) for w in self.workers])
         self.pids: list[int] = ray.get([w.pid.remote() for w in self.workers])  # named when one dies
 
-    def train(self, batches: dict[str, list[Sample]], normalisers: dict[str, list[float]],
-              nll_normalisers: dict[str, list[float]] | None = None) -> dict[str, dict[str, float]]:
-        """Shard every minibatch over the workers (sample i of a minibatch -> worker i mod N); sum their metrics."""
+    def train(self, batches: dict[str, list[TrainSequence]], normalisers: dict[str, list[float]],
+              nll_normalisers: dict[str, list[float]] | None = None,
+              behaviour: dict[str, AdapterFiles] | None = None) -> dict[str, LearnerStats]:
+        """Shard every minibatch over the workers (sequence i of a minibatch -> worker i mod N); merge their stats.
+        `behaviour`: per role, the adapter that sampled the batch when it is not the learner's current one."""
         n = len(self.workers)
-        shards: list[dict[str, list[Sample]]] = [{role: [] for role in batches} for _ in range(n)]
+        shards: list[dict[str, list[TrainSequence]]] = [{role: [] for role in batches} for _ in range(n)]
         for role, samples in batches.items():
             counters: dict[int, int] = {}
             for s in samples:
                 k = counters.get(s.minibatch, 0)
                 counters[s.minibatch] = k + 1
                 shards[k % n][role].append(s)
-        results = ray.get([w.train.remote(shard, normalisers, nll_normalisers) for w, shard in zip(self.workers, shards)])
-        merged: dict[str, dict[str, float]] = {}
-        for role in batches:
-            rows = [r[role] for r in results]
-            merged[role] = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("grad_norm", "lr", "gap_max")}
-            merged[role]["gap_max"] = max(r["gap_max"] for r in rows)
-            merged[role]["grad_norm"] = rows[0]["grad_norm"]  # identical on every rank after the all-reduce
-            merged[role]["lr"] = rows[0]["lr"]
-        return merged
+        ref = ray.put(behaviour) if behaviour else None
+        results = ray.get([w.train.remote(shard, normalisers, nll_normalisers, ref) for w, shard in zip(self.workers, shards)])
+        return {role: functools.reduce(LearnerStats.merge, [r[role] for r in results]) for role in batches}
 
     def logprobs(self, adapter: str | None, sequences: list[list[int]]) -> list[list[float]]:
         return ray.get(self.workers[0].logprobs.remote(adapter, sequences))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -22,21 +23,79 @@ from longshort.config.rl import RLConfig
 from longshort.precision import resolve_dtype
 from longshort.rl.loss import policy_loss, token_logprobs
 from longshort.run.schedule import scheduler as lr_scheduler
-from longshort.types import ROLES
+from longshort.types import ROLES, TrainSequence
 
 
 @dataclass
-class Sample:
-    """One role's training sequence from one episode, with its advantage."""
+class LearnerStats:
+    """One role's statistics of one step on one rank: sums over its trainable tokens (per-token means divide by
+    `tokens`), and maxima. `merge` combines ranks; `metrics` is what the step logs."""
 
-    role: str
-    input_ids: list[int]
-    mask: list[int]  # 1 = this role's own completion token
-    advantage: float
-    minibatch: int = 0
-    engine_logprobs: list[float] = field(default_factory=list)  # sampling logprobs (0 off-mask), for the gap metric
-    temperatures: list[float | None] = field(default_factory=list)  # each token's sampling temperature (None: the role's)
-    correct: bool = False  # the episode was graded correct: its trainable tokens enter the NLL term (rl.nll_coef)
+    pg: float = 0.0
+    kl: float = 0.0
+    entropy: float = 0.0
+    clipped: float = 0.0  # tokens whose ratio left the trust region
+    ratio: float = 0.0
+    tokens: float = 0.0  # summed over epochs
+    nll: float = 0.0
+    nll_tokens: float = 0.0
+    gap: float = 0.0  # Σ |engine − learner| logprob of the sampled tokens, the learner under the policy that sampled
+    gap_tokens: float = 0.0
+    gap_max: float = 0.0
+    grad_norm: float = 0.0  # the step's largest pre-clip global norm: the same on every rank after the all-reduce
+    lr: float = 0.0  # the rate of the step's first update: the same on every rank
+    positions: float = 0.0  # positions the training forwards read, row filler included
+    padding: float = 0.0  # of those, filler
+
+    MAXED: ClassVar[tuple[str, ...]] = ("gap_max", "grad_norm", "lr")
+
+    def merge(self, other: LearnerStats) -> LearnerStats:
+        return LearnerStats(**{f.name: (max if f.name in self.MAXED else sum)((getattr(self, f.name), getattr(other, f.name)))
+                               for f in fields(self)})
+
+    def add_terms(self, terms: Any) -> None:
+        for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "nll", "nll_tokens"):
+            setattr(self, k, getattr(self, k) + getattr(terms, k))
+
+    def add_gap(self, seqs: list[TrainSequence], raw: list[torch.Tensor]) -> None:
+        """Engine vs learner logprob on the trained tokens (train/infer mismatch) of sequences with sampling logprobs."""
+        for s, lp in zip(seqs, raw):
+            if len(s.old_logprobs) != len(s.input_ids):
+                continue
+            m = torch.tensor(s.mask, dtype=torch.bool)
+            d = (torch.tensor(s.old_logprobs) - lp)[m].abs()
+            if d.numel():
+                self.gap += float(d.sum())
+                self.gap_tokens += d.numel()
+                self.gap_max = max(self.gap_max, float(d.max()))
+
+    def diverged(self) -> list[str]:
+        return [f"{k} {getattr(self, k)}" for k in ("pg", "grad_norm") if not math.isfinite(getattr(self, k))]
+
+    def metrics(self, role: str) -> dict[str, float | None]:
+        tok = max(self.tokens, 1.0)
+        m: dict[str, float | None] = {
+            f"{role}/pg_loss": self.pg / tok, f"{role}/kl": self.kl / tok, f"{role}/entropy": self.entropy / tok,
+            f"{role}/clip_frac": self.clipped / tok, f"{role}/ratio": self.ratio / tok, f"{role}/grad_norm": self.grad_norm,
+            f"{role}/lr": self.lr, f"{role}/logprob_gap": self.gap / self.gap_tokens if self.gap_tokens else None,
+            f"{role}/logprob_gap_max": self.gap_max,
+            f"{role}/padding": self.padding / self.positions if self.positions else None,
+        }  # fmt: skip
+        if self.nll_tokens:  # rl.nll_coef > 0 and some episode was correct
+            m[f"{role}/nll"] = self.nll / self.nll_tokens
+        return m
+
+
+@dataclass
+class _Pack:
+    """Sequences laid end to end in rows: what one forward reads (`PolicyLearner._pack`)."""
+
+    ids: torch.Tensor  # [rows, width]
+    pos: torch.Tensor  # position ids, restarting at 0 at each sequence (and at a row's filler)
+    start: torch.Tensor  # True at a sequence's first token
+    values: dict[str, torch.Tensor]  # per-token values aligned with ids
+    where: list[tuple[int, int, int, int]]  # (sequence index, row, offset, length)
+    padding: int  # filler positions
 
 
 def _ref_name(role: str) -> str:
@@ -66,7 +125,7 @@ class PolicyLearner:
         self.device = torch.device(device)
         self.max_tokens = max_tokens
         # PPO's ratio and KL are taken on the distribution the rollouts were sampled from: softmax(logits / T) with
-        # each token's sampling temperature (`Sample.temperatures`; where unrecorded, the role's; greedy counts as 1),
+        # each token's sampling temperature (`TrainSequence.temperatures`; where unrecorded, the role's; greedy counts as 1),
         # as verl does; the sync probe stays on raw logits.
         self.temperature = {r: (t if t > 0 else 1.0) for r, t in (temperatures or {}).items()}
         torch.manual_seed(seed)  # a fresh adapter's A matrices: identical on every rank
@@ -74,7 +133,7 @@ class PolicyLearner:
         # float32 over a bf16 base, so the trained LoRA tensors and their AdamW state stay float32.
         self.dtype = resolve_dtype(dtype, self.device.type)
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, self.dtype))
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=list(cfg.lora_targets))
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0, target_modules=list(cfg.lora.target_modules))
         model: Any = None
         for role in ROLES:
             path = init.get(role)
@@ -131,125 +190,195 @@ class PolicyLearner:
         return contextlib.nullcontext()
 
     # -- forward --------------------------------------------------------------------------------
-    def _batch(self, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = max(len(s.input_ids) for s in samples)
-        ids = torch.zeros(len(samples), n, dtype=torch.long)
-        att = torch.zeros(len(samples), n, dtype=torch.long)
-        mask = torch.zeros(len(samples), n, dtype=torch.float32)
-        for i, s in enumerate(samples):
-            k = len(s.input_ids)
-            ids[i, :k] = torch.tensor(s.input_ids)
-            att[i, :k] = 1
-            mask[i, :k] = torch.tensor(s.mask, dtype=torch.float32)
-        return ids.to(self.device), att.to(self.device), mask.to(self.device)
+    def _rows(self, seqs: list[TrainSequence]) -> list[list[int]]:
+        """Which sequences each forward row holds. Packed (rl.pack_sequences): first-fit decreasing into rows as long
+        as the longest sequence, so a row's attention costs no more than one padded sequence's; else one per row."""
+        if not self.cfg.pack_sequences:
+            return [[i] for i in range(len(seqs))]
+        cap = max(len(s.input_ids) for s in seqs)
+        rows: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i].input_ids)):
+            n = len(seqs[i].input_ids)
+            at = next((r for r, free in enumerate(room) if free >= n), None)
+            if at is None:
+                rows.append([i])
+                room.append(cap - n)
+            else:
+                rows[at].append(i)
+                room[at] -= n
+        return rows
 
-    def _forward(self, ids: torch.Tensor, att: torch.Tensor, with_entropy: bool,
-                 temperature: float | torch.Tensor = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-position logprob of ids[:, 1:] (and entropy) under softmax(logits / T), shape [B, T-1]; T is one number
-        or a [B, T] tensor holding each token's temperature (the logits that predict token t are divided by t's)."""
-        logits = self.model(input_ids=ids, attention_mask=att).logits[:, :-1]
-        if isinstance(temperature, torch.Tensor):
-            logits = logits / temperature[:, 1:, None]
-        elif temperature != 1.0:
-            logits = logits / temperature
-        return token_logprobs(logits, ids[:, 1:], with_entropy)
+    def _pack(self, seqs: list[TrainSequence], rows: list[list[int]], per_token: dict[str, list[Any]]) -> _Pack:
+        """Rows of `seqs` laid end to end: ids, position ids restarting at each sequence (HF then masks attention
+        block-diagonally: a token sees only its own sequence), and each per-token list of `per_token` aligned with
+        them. Row tails are filler that attends only to itself and carries no loss."""
+        width = max(sum(len(seqs[i].input_ids) for i in row) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        pos = torch.zeros(len(rows), width, dtype=torch.long)
+        start = torch.zeros(len(rows), width, dtype=torch.bool)  # a sequence's first token: predicted by no one
+        # filler carries zeros, and temperature 1: never a division by 0
+        values = {k: (torch.ones if k == "temperature" else torch.zeros)(len(rows), width) for k in per_token}
+        where = []
+        for r, row in enumerate(rows):
+            at = 0
+            for i in row:
+                n = len(seqs[i].input_ids)
+                ids[r, at : at + n] = torch.tensor(seqs[i].input_ids)
+                pos[r, at : at + n] = torch.arange(n)
+                start[r, at] = True
+                for k, v in per_token.items():
+                    values[k][r, at : at + n] = torch.as_tensor(v[i], dtype=torch.float32)
+                where.append((i, r, at, n))
+                at += n
+            pos[r, at:] = torch.arange(width - at)  # filler: a sequence of its own
+            if at < width:
+                start[r, at] = True
+        dev = self.device
+        return _Pack(ids.to(dev), pos.to(dev), start.to(dev), {k: v.to(dev) for k, v in values.items()}, where,
+                     padding=len(rows) * width - sum(n for *_, n in where))
 
-    def token_temperatures(self, role: str, sample: Sample) -> list[float]:
-        """The temperature each token of `sample` was sampled at: its recorded one, else the role's; greedy = 1."""
+    def _forward(self, pack: _Pack, with_entropy: bool, tempered: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Per position t ≥ 1 the logprob of token t under softmax(logits / T_t) (T_t: the token's sampling
+        temperature, `pack.values['temperature']`, when `tempered`), the entropy (if asked) and the raw-logit
+        logprob (no gradient: what the engine reports), each [rows, width − 1]."""
+        logits = self.model(input_ids=pack.ids, position_ids=pack.pos, use_cache=False).logits[:, :-1]
+        targets = pack.ids[:, 1:]
+        raw = None
+        if tempered:
+            with torch.no_grad():
+                raw, _ = token_logprobs(logits, targets, False)
+            logits = logits / pack.values["temperature"][:, 1:, None]
+        lp, ent = token_logprobs(logits, targets, with_entropy)
+        return lp, ent, lp.detach() if raw is None else raw
+
+    def token_temperatures(self, role: str, seq: TrainSequence) -> list[float]:
+        """The temperature each token of `seq` was sampled at: its recorded one, else the role's; greedy = 1."""
         fallback = self.temperature.get(role, 1.0)
-        temps = sample.temperatures or [None] * len(sample.input_ids)
+        temps = seq.temperatures or [None] * len(seq.input_ids)
         return [fallback if t is None else (t if t > 0 else 1.0) for t in temps]
 
-    def _temperature_tensor(self, rows: list[list[float]], n: int) -> torch.Tensor:
-        out = torch.ones(len(rows), n)  # padding positions at 1: never a division by 0
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = torch.tensor(r[:n])
-        return out.to(self.device)
-
-    def _micro(self, samples: list[Sample]) -> list[list[Sample]]:
+    def _chunks(self, seqs: list[TrainSequence], idx: list[int]) -> list[list[list[int]]]:
+        """`idx`'s sequences as forward rows, `rl.micro_batch_size` rows per forward (the memory knob)."""
+        rows = [[idx[j] for j in row] for row in self._rows([seqs[i] for i in idx])]
         k = self.cfg.micro_batch_size
-        return [samples[i : i + k] for i in range(0, len(samples), k)]
+        return [rows[i : i + k] for i in range(0, len(rows), k)]
 
     @torch.no_grad()
+    def _score(self, adapter: str | None, seqs: list[TrainSequence], temps: list[list[float]] | None,
+               files: dict[str, bytes] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per sequence, (tempered, raw) logprob of every token (position 0 gets 0) under `adapter` (a role,
+        `<role>_ref`, or None: the bare base); with `files`, under those weights of the role's adapter instead."""
+        tempered: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+        raw: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
+        with self._weights(adapter, files):
+            for chunk in self._chunks(seqs, list(range(len(seqs)))):
+                pack = self._pack(seqs, chunk, {"temperature": temps} if temps else {})
+                with self._activate(adapter, trainable=False):
+                    lp, _, lp_raw = self._forward(pack, with_entropy=False, tempered=temps is not None)
+                for w in pack.where:
+                    tempered[w[0]], raw[w[0]] = _unpacked(lp, w), _unpacked(lp_raw, w)
+        return tempered, raw
+
     def logprobs(self, adapter: str | None, sequences: list[list[int]],
                  temperature: float | list[list[float]] = 1.0) -> list[list[float]]:
         """Logprob of every token (position 0 gets 0.0) under adapter `adapter` (a role, `<role>_ref`, or None), at
         one temperature or at each token's own (one list per sequence, aligned with it)."""
-        out: list[list[float]] = []
-        samples = [Sample(role="", input_ids=s, mask=[0] * len(s), advantage=0.0) for s in sequences]
-        for k, mb in enumerate(self._micro(samples)):
-            ids, att, _ = self._batch(mb)
-            temp: float | torch.Tensor = temperature  # type: ignore[assignment]
-            if isinstance(temperature, list):
-                at = k * self.cfg.micro_batch_size
-                temp = self._temperature_tensor(temperature[at : at + len(mb)], ids.shape[1])
-            with self._activate(adapter, trainable=False):
-                lp, _ = self._forward(ids, att, with_entropy=False, temperature=temp)
-            for i, s in enumerate(mb):
-                out.append([0.0] + lp[i, : len(s.input_ids) - 1].tolist())
-        return out
+        seqs = [TrainSequence(role="", input_ids=s, mask=[0] * len(s)) for s in sequences]
+        if isinstance(temperature, list):
+            temps: list[list[float]] | None = temperature
+        else:
+            temps = None if temperature == 1.0 else [[temperature] * len(s) for s in sequences]
+        tempered, _ = self._score(adapter, seqs, temps)
+        return [t.tolist() for t in tempered]
+
+    def _weights(self, adapter: str | None, files: dict[str, bytes] | None) -> Any:
+        """A context in which role `adapter` holds the LoRA tensors of `files` (the adapter that sampled an
+        off-policy step's rollouts), restored on exit; without `files`, its own."""
+        import contextlib
+
+        if not files:
+            return contextlib.nullcontext()
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load
+
+        @contextlib.contextmanager
+        def swapped() -> Any:
+            params = self.params[adapter]
+            saved = [p.detach().clone() for p in params]
+            set_peft_model_state_dict(self.model, load(files["adapter_model.safetensors"]), adapter_name=adapter)
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for p, v in zip(params, saved):
+                        p.copy_(v)
+
+        return swapped()
 
     def ref_adapter(self, role: str) -> str | None:
         return _ref_name(role) if self.has_ref[role] else None
 
     # -- the update -----------------------------------------------------------------------------
-    def train(self, role: str, samples: list[Sample], normalisers: list[float],
-              nll_normalisers: list[float] | None = None) -> dict[str, float]:
-        """PPO epochs over this rank's `samples` of `role`; `normalisers[m]` = global denominator of minibatch m,
-        `nll_normalisers[m]` its global count of trainable tokens of correct episodes (the NLL term's mean)."""
+    def train(self, role: str, seqs: list[TrainSequence], normalisers: list[float],
+              nll_normalisers: list[float] | None = None, behaviour: dict[str, bytes] | None = None) -> LearnerStats:
+        """PPO epochs over this rank's `seqs` of `role`; `normalisers[m]` = global denominator of minibatch m,
+        `nll_normalisers[m]` its global count of trainable tokens of correct episodes (the NLL term's mean).
+        `behaviour`: the adapter files that sampled the rollouts when they are one step off-policy
+        (rl.offpolicy_steps: 1); the PPO ratio is then taken against that policy, not the current one."""
         cfg = self.cfg
-        temps = [self.token_temperatures(role, s) for s in samples]
-        seqs = [s.input_ids for s in samples]
-        old = self._stack(self.logprobs(role, seqs, temps))
-        ref = self._stack(self.logprobs(self.ref_adapter(role), seqs, temps))
-        untempered = all(t == 1.0 for row in temps for t in row)
-        raw = old if untempered else self._stack(self.logprobs(role, seqs))  # the engine reports raw logprobs
-        lr = self.sched[role].get_last_lr()[0]  # the rate of this step's first update: what the step logs
-        sums = {k: 0.0 for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "gap", "gap_tokens", "gap_max",
-                                 "nll", "nll_tokens")}
-        for s, o in zip(samples, raw):  # engine vs learner logprob on the trained tokens (train/infer mismatch)
-            if len(s.engine_logprobs) == len(s.input_ids):
-                for lp_e, lp_l, m in zip(s.engine_logprobs, o, s.mask):
-                    if m:
-                        d = abs(lp_e - float(lp_l))
-                        sums["gap"] += d
-                        sums["gap_max"] = max(sums["gap_max"], d)
-                        sums["gap_tokens"] += 1
+        temps = [self.token_temperatures(role, s) for s in seqs]
+        tempered = any(t != 1.0 for row in temps for t in row)
+        # π_old is the policy that sampled. On-policy with one epoch and one minibatch it is the policy of the
+        # training forward itself, so that forward gives it (detached) and no separate scoring pass runs.
+        fused = behaviour is None and cfg.ppo_epochs == 1 and len(normalisers) == 1
+        stats = LearnerStats(lr=self.sched[role].get_last_lr()[0])  # the rate of this step's first update
+        old = raw = None
+        if not fused:
+            old, raw = self._score(role, seqs, temps if tempered else None, behaviour)
+            stats.add_gap(seqs, raw)
+        # with kl_coef 0 the KL term is only logged, so no reference pass: ref = logp makes it 0
+        ref = self._score(self.ref_adapter(role), seqs, temps if tempered else None)[0] if cfg.kl_coef else None
+        per_token: dict[str, list[Any]] = {
+            "mask": [s.mask for s in seqs],
+            "advantage": [[s.advantage] * len(s.input_ids) for s in seqs],
+            "correct": [[float(s.correct)] * len(s.input_ids) for s in seqs],
+            "temperature": temps,
+            **({"old": old} if old is not None else {}),
+            **({"ref": ref} if ref is not None else {}),
+        }
         grad_norms = []
         for _ in range(cfg.ppo_epochs):
             for m, norm in enumerate(normalisers):
-                mine = [(i, s) for i, s in enumerate(samples) if s.minibatch == m]
                 self.optim[role].zero_grad(set_to_none=False)
-                for chunk in [mine[i : i + cfg.micro_batch_size] for i in range(0, len(mine), cfg.micro_batch_size)]:
-                    idx = [i for i, _ in chunk]
-                    mb = [s for _, s in chunk]
-                    ids, att, mask = self._batch(mb)
-                    n = ids.shape[1] - 1
-                    old_t = torch.stack([self._pad(old[i], n + 1)[1:] for i in idx]).to(self.device)
-                    ref_t = torch.stack([self._pad(ref[i], n + 1)[1:] for i in idx]).to(self.device)
-                    adv = torch.tensor([s.advantage for s in mb], dtype=torch.float32, device=self.device)[:, None]
-                    temp = 1.0 if untempered else self._temperature_tensor([temps[i] for i in idx], n + 1)
-                    correct = torch.tensor([float(s.correct) for s in mb], device=self.device)[:, None]
+                for chunk in self._chunks(seqs, [i for i, s in enumerate(seqs) if s.minibatch == m]):
+                    pack = self._pack(seqs, chunk, per_token)
+                    stats.padding += pack.padding
+                    stats.positions += pack.ids.numel()
                     with self._activate(role, trainable=True):
                         self.model.train(cfg.gradient_checkpointing)
                         try:
-                            lp, ent = self._forward(ids, att, with_entropy=True, temperature=temp)
+                            lp, ent, lp_raw = self._forward(pack, with_entropy=True, tempered=tempered)
                         finally:
                             self.model.eval()
+                    v = {k: t[:, 1:] for k, t in pack.values.items()}
+                    mask = v["mask"] * (~pack.start[:, 1:])  # a sequence's first token is predicted by no one
+                    if fused:
+                        members = [i for i, *_ in pack.where]
+                        stats.add_gap([seqs[i] for i in members], [_unpacked(lp_raw, w) for w in pack.where])
                     terms = policy_loss(
-                        lp, old_t, ref_t, adv, mask[:, 1:], ent if cfg.entropy_coef else ent.detach(),
+                        lp, lp.detach() if fused else v["old"], v["ref"] if ref is not None else lp.detach(),
+                        v["advantage"], mask, ent if cfg.entropy_coef else ent.detach(),
                         clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
                         entropy_coef=cfg.entropy_coef, normaliser=max(norm, 1e-8), kind=cfg.loss,
-                        nll_coef=cfg.nll_coef, nll_mask=mask[:, 1:] * correct,
+                        nll_coef=cfg.nll_coef, nll_mask=mask * v["correct"],
                         nll_normaliser=nll_normalisers[m] if nll_normalisers else 0.0,
                     )  # fmt: skip
                     terms.loss.backward()
-                    for k in ("pg", "kl", "entropy", "clipped", "ratio", "tokens", "nll", "nll_tokens"):
-                        sums[k] += getattr(terms, k)
+                    stats.add_terms(terms)
                 grad_norms.append(self._step(role))
-        sums["grad_norm"] = max(grad_norms) if grad_norms else 0.0
-        sums["lr"] = lr
-        return sums
+        stats.grad_norm = max(grad_norms) if grad_norms else 0.0
+        return stats
 
     def _step(self, role: str) -> float:
         """Sum gradients over ranks, clip, step. Returns the pre-clip global grad norm (same on every rank)."""
@@ -274,14 +403,6 @@ class PolicyLearner:
         self.optim[role].step()
         self.sched[role].step()
         return norm
-
-    @staticmethod
-    def _pad(x: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.nn.functional.pad(x, (0, n - x.shape[0])) if x.shape[0] < n else x[:n]
-
-    @staticmethod
-    def _stack(rows: list[list[float]]) -> list[torch.Tensor]:
-        return [torch.tensor(r, dtype=torch.float32) for r in rows]
 
     # -- export, state --------------------------------------------------------------------------
     def export_adapter(self, role: str) -> dict[str, bytes]:
@@ -321,6 +442,12 @@ class PolicyLearner:
             self.optim[r].load_state_dict(st["optim"][r])
             self.sched[r].load_state_dict(st["sched"][r])
         torch.set_rng_state(st["torch_rng"])
+
+
+def _unpacked(lp: torch.Tensor, where: tuple[int, int, int, int]) -> torch.Tensor:
+    """One sequence's logprobs out of a packed [rows, width − 1] tensor, with 0 for its first token."""
+    _, r, at, n = where
+    return torch.cat([torch.zeros(1), lp[r, at : at + n - 1].detach().float().cpu()])
 
 
 def _no_dropout(model: Any) -> None:

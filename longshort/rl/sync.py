@@ -13,9 +13,8 @@ wrong merge fails the same check.
 
 from __future__ import annotations
 
-import math
-
 import copy
+import math
 from typing import Any
 
 import ray
@@ -23,7 +22,6 @@ import ray
 from longshort.config.recipe import Recipe
 from longshort.engines.base import resolve_lora_mode
 from longshort.precision import SYNC_TOLERANCE, record, resolve_dtype
-
 
 
 class SyncError(RuntimeError):
@@ -56,11 +54,10 @@ def resolve_precision(recipe: Recipe) -> tuple[Recipe, dict[str, Any]]:
     return out, info
 
 
-def push(learner: Any, workers: list[Any], roles: list[str]) -> int:
-    """Export `roles`' adapters from the learner and hot-swap them into every rollout worker; returns bytes sent."""
-    if not roles:
+def push(workers: list[Any], files: dict[str, dict[str, bytes]]) -> int:
+    """Hot-swap the learner's exported adapter `files` ({role: files}) into every rollout worker; returns bytes sent."""
+    if not files:
         return 0
-    files = learner.export(roles)
     ref = ray.put(files)  # one copy in the object store, fetched by each worker
     ray.get([w.set_adapters.remote(ref) for w in workers])
     return sum(len(b) for role in files.values() for b in role.values())
@@ -91,3 +88,31 @@ def verify(learner: Any, workers: list[Any], probes: dict[str, list[int]], toler
                     "the weights being trained (stale or mis-loaded adapter)"
                 )
     return out
+
+
+def check_sampled(stats: dict[str, Any], tolerance: float) -> None:
+    """Every sampled token's engine logprob must match the learner's under the policy that sampled it (the learner's
+    own before the update, or the behaviour adapter of an off-policy step): the rollouts came from the adapters on
+    record, not from a stale adapter or the bare base."""
+    for role, s in stats.items():
+        if s.gap_max > tolerance:
+            raise SyncError(
+                f"rollout check failed: the {role} tokens sampled this step have engine logprobs up to {s.gap_max:.3g} "
+                f"away from the learner's (tolerance rl.sync_tolerance={tolerance:g}); the rollouts did not come from "
+                "the adapter being trained"
+            )
+
+
+def in_sync(diffs: dict[str, float], tolerance: float) -> bool:
+    """Every role's probe diff is finite and within `tolerance` (NaN is a failure)."""
+    return all(math.isfinite(d) and d <= tolerance for d in diffs.values())
+
+
+def stale(diffs: dict[str, float], tolerance: float, step: int, hint: str) -> SyncError:
+    """The error of a failed sync at `step`, naming the worst role."""
+    role = max(diffs, key=lambda r: (not math.isfinite(diffs[r]), diffs[r]))
+    return SyncError(
+        f"sync check failed at step {step}: the rollout engine's {role} adapter gives logprobs up to {diffs[role]:.3g} "
+        f"away from the learner's (tolerance rl.sync_tolerance={tolerance:g}); the engine is not running the weights "
+        f"being trained (stale or mis-loaded adapter); no checkpoint of step {step} is written; {hint}"
+    )

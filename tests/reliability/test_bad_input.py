@@ -34,6 +34,7 @@ CASES: dict[str, tuple[list[str], Files, str]] = {
     "recipe unknown key": (RL[:2] + ["{dir}/r.yaml"], {"r.yaml": b"rl:\n  steps: 2\n  lrr: 0.1\n"}, "r.yaml: unknown key 'rl.lrr'"),
     "recipe wrong type": (RL[:2] + ["{dir}/r.yaml"], {"r.yaml": b"rl:\n  steps: many\n"}, "r.yaml: key 'rl.steps': expected int, got 'many'"),
     "recipe section not a mapping": (RL[:2] + ["{dir}/r.yaml"], {"r.yaml": b"rl: 3\n"}, "key 'rl'"),
+    "renamed key": (RL + ["rl.lora_r=4"], {}, "rl.yaml + command line: key 'rl.lora_r' was renamed: use 'rl.lora.r'"),
     "negative lr": (RL + ["rl.lr=-1e-3"], {}, "key 'rl.lr' must be >= 0"),
     "zero lr": (RL + ["rl.lr=0"], {}, "key 'rl.lr' must be > 0"),
     "max_turns 0": (RL + ["protocol.max_turns=0"], {}, "protocol.max_turns"),
@@ -111,8 +112,8 @@ MODELS: dict[str, tuple[list[str], Files, str]] = {
                               "model {dir}/model has no chat template: set model.chat_template (docs/models.md)"),
     "LoRA target the model lacks (sft)": (SFT + ["model.base={model}", "sft.lora.target_modules=[q_proj,qkv]"], {},
                                           "key 'sft.lora.target_modules': the model at {model} has no module 'qkv'"),
-    "LoRA target the model lacks (rl)": (RL + ["model.base={model}", "rl.lora_targets=[attn]"], {},
-                                         "key 'rl.lora_targets': the model at {model} has no module 'attn'"),
+    "LoRA target the model lacks (rl)": (RL + ["model.base={model}", "rl.lora.target_modules=[attn]"], {},
+                                         "key 'rl.lora.target_modules': the model at {model} has no module 'attn'"),
 }
 
 # Recipes: duplicate keys, include cycles, encodings, and what can be checked before the expensive work.
