@@ -43,7 +43,7 @@ RUNS = {  # name -> engine overrides of the stage recipe, explicit whatever the 
 QUICK = ["rl.problems_per_step=2", "rl.group_size=2", "protocol.max_turns=4", "roles.long.max_tokens=24", "roles.short.max_tokens=16"]
 
 
-def stage_recipe(out: Path, name: str, a: argparse.Namespace):
+def stage_recipe(out: Path, name: str, a: argparse.Namespace, runs: dict[str, list[str]] = RUNS):
     """Stage `rl` of the pipeline recipe as `longshort pipeline` builds it, with this bench's changes (module doc)."""
     from longshort.config import load_recipe
     from longshort.config.loader import apply_overrides, build, to_dict
@@ -55,15 +55,15 @@ def stage_recipe(out: Path, name: str, a: argparse.Namespace):
     plan = make_plan(load_recipe(str(PIPELINE), [f"run.out_dir={out}", "engine.kind=hf", "pipeline.rl.engine.kind=hf"]), str(PIPELINE))
     data = to_dict(plan.stages["rl"].recipe)
     over = [f"model.base={REASONER}", "roles.long.adapter=null", "roles.short.adapter=null", "data.train=null",
-            "synthetic.n=2000", f"rl.steps={a.steps}", f"run.out_dir={out}", f"run.name={name}", *RUNS[name],
+            "synthetic.n=2000", f"rl.steps={a.steps}", f"run.out_dir={out}", f"run.name={name}", *runs[name],
             *(QUICK if a.quick else [])]  # fmt: skip
     return build(Recipe, apply_overrides(data, over), f"{PIPELINE}: pipeline.rl + bench/rl_demo.py")
 
 
-def run_stage(out: Path, name: str, a: argparse.Namespace) -> dict[str, Any]:
+def run_stage(out: Path, name: str, a: argparse.Namespace, runs: dict[str, list[str]] = RUNS) -> dict[str, Any]:
     from longshort.rl.loop import run_rl
 
-    recipe = stage_recipe(out, name, a)
+    recipe = stage_recipe(out, name, a, runs)
     t0 = time.perf_counter()
     run_rl(recipe, progress=False)
     wall = time.perf_counter() - t0
@@ -91,6 +91,8 @@ def run_stage(out: Path, name: str, a: argparse.Namespace) -> dict[str, Any]:
         "gen_tokens_per_episode": round(sum(r["tokens_per_problem"] for r in rows) / len(rows), 1),
         "turns_per_episode": round(sum(r["turns"] for r in rows) / len(rows), 2),
         "accuracy": round(sum(r["accuracy"] for r in rows) / len(rows), 3),
+        "reward": {role: [round(r[f"{role}/reward"], 4) for r in rows] for role in ("long", "short")},
+        "offpolicy": [r["offpolicy"] for r in rows],
         "projected_recipe_stage_s": round(startup + rows[0]["time/step"] + (a.recipe_steps - 1) * later, 1),
     }
 

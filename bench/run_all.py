@@ -28,6 +28,8 @@ SCRIPTS = {
     "rl_step": ["bench/rl_step.py", "--with-hf"],
     "sync": ["bench/sync.py"],
     "rl_demo": ["bench/rl_demo.py"],
+    "offpolicy": ["bench/offpolicy.py"],
+    "learner": ["bench/learner.py"],
     "mfu": ["bench/mfu.py"],
     "scaling": ["bench/scaling.py"],
 }
@@ -63,6 +65,17 @@ def summary_rows(results: dict[str, Any]) -> list[str]:
         g = r["speedup"]
         rows.append(f"| `rl_demo.speedup` | demo RL stage, {r['config']['steps']} steps: HF {r['before']['steps_s']:.0f} s → "
                     f"vLLM merged {r['after']['steps_s']:.0f} s, {g['value']:.2f}× (wall with start-up {r['speedup_wall']:.2f}×) "
+                    f"| {g['goal']} (none in the issue) | {status(g)} |")  # fmt: skip
+    r = results.get("offpolicy", {})
+    if "speedup" in r:
+        g = r["speedup"]
+        rows.append(f"| `offpolicy.speedup` | demo RL stage, median step 2+: rl.offpolicy_steps 0 → 1, {g['value']:.2f}× "
+                    f"(bound from the phases {r['bound']:.2f}×) | {g['goal']} (none in the issue) | {status(g)} |")  # fmt: skip
+    r = results.get("learner", {})
+    if "speedup" in r:
+        g = r["speedup"]
+        rows.append(f"| `learner.speedup` | one demo step's update, padded + π_old scored → packed + π_old from the forward: "
+                    f"{g['value']:.2f}× (packing {r['packing_speedup']:.2f}×, fused π_old {r['fused_speedup']:.2f}×) "
                     f"| {g['goal']} (none in the issue) | {status(g)} |")  # fmt: skip
     r = results.get("mfu")
     if r:
