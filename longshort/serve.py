@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -142,10 +142,12 @@ class Service:
         self.lock = threading.Lock()
 
     def solve(self, problem: str, max_tokens: int | None = None, temperature: float | None = None,
-              request_id: str = "chat", protocol: str | None = None) -> Episode:
+              request_id: str = "chat", protocol: str | None = None,
+              on_call: Callable[[list[Any], list[list[Any]]], None] | None = None) -> Episode:
         """One episode of `protocol` (default: the served one) on `problem`. `max_tokens` caps every generation
         call (each turn, draft, refinement), `temperature` sets every call's sampling; the id seeds the sampling
-        (protocols/). Any protocol runs on the one engine: it serves both roles and the base."""
+        (protocols/). Any protocol runs on the one engine: it serves both roles and the base. `on_call(requests,
+        completions)` hears of each batched engine call as it finishes (a stream's progress events)."""
         from longshort.protocols import run_protocol
 
         recipe = copy.deepcopy(self.recipe)  # per request: concurrent requests may ask for different settings
@@ -157,13 +159,30 @@ class Service:
             for c in calls:
                 c.temperature = temperature
             recipe.protocol.sr_temperature = recipe.protocol.pdr_temperature = temperature
+        engine = self.engine if on_call is None else _Reporting(self.engine, on_call)
         with self.lock:
-            (ep,) = run_protocol(protocol or self.protocol, self.engine, [{"id": request_id, "problem": problem, "answer": ""}], recipe)
+            (ep,) = run_protocol(protocol or self.protocol, engine, [{"id": request_id, "problem": problem, "answer": ""}], recipe)
         ep.correct = None  # no gold: nothing was graded
         return ep
 
     def close(self) -> None:
         self.engine.close()
+
+
+class _Reporting:
+    """The engine, telling `on_call` of every batched call it finished (what a streamed request reports while its
+    protocol runs); everything else is the engine's own."""
+
+    def __init__(self, engine: Any, on_call: Callable[[list[Any], list[list[Any]]], None]) -> None:
+        self._engine, self._on_call = engine, on_call
+
+    def generate(self, requests: list[Any]) -> list[list[Any]]:
+        out = self._engine.generate(requests)
+        self._on_call(requests, out)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
 
 
 def open_service(export_dir: str | Path, recipe: Any, protocol: str | None = None) -> Service:
@@ -307,21 +326,28 @@ def completion(ep: Episode, request_id: str, model: str, created: int) -> dict[s
             "usage": usage(ep), "longshort": {"protocol": ep.protocol, "answer": ep.answer, "end": ep.meta.get("end")}}
 
 
+def chunk(request_id: str, model: str, created: int, delta: dict[str, str], reason: str | None = None,
+          **extra: Any) -> dict[str, Any]:
+    return {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **extra}
+
+
+def progress(call: int, requests: list[Any], completions: list[list[Any]]) -> dict[str, Any]:
+    """What a stream reports of one finished engine call while the protocol runs (an empty delta: OpenAI clients
+    read on; the `longshort` field says which call, of which roles, and how many tokens it generated)."""
+    return {"call": call, "roles": sorted({str(r.role) for r in requests}),
+            "generated_tokens": sum(len(c.token_ids) for row in completions for c in row)}
+
+
 def chunks(ep: Episode, request_id: str, model: str, created: int, include_usage: bool) -> Iterator[dict[str, Any]]:
-    """OpenAI's chunk sequence for the finished episode: the role, the content word by word, the finish reason,
+    """OpenAI's chunks after the role chunk, for the finished episode: the content word by word, the finish reason,
     and (with `stream_options.include_usage`) a last chunk with no choices and the usage."""
     content, finish = reply(ep)
-    head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
-
-    def chunk(delta: dict[str, str], reason: str | None = None) -> dict[str, Any]:
-        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
-
-    yield chunk({"role": "assistant", "content": ""})
     for piece in re.findall(r"\s*\S+|\s+$", content):
-        yield chunk({"content": piece})
-    yield chunk({}, finish)
+        yield chunk(request_id, model, created, {"content": piece})
+    yield chunk(request_id, model, created, {}, finish)
     if include_usage:
-        yield {**head, "choices": [], "usage": usage(ep)}
+        yield {**chunk(request_id, model, created, {}), "choices": [], "usage": usage(ep)}
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------------
@@ -363,24 +389,51 @@ class Handler(BaseHTTPRequestHandler):
         except RequestError as e:
             return self._error(e)
         request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created, model = int(time.time()), self.server.service.model
+        calls: list[int] = []
+
+        def on_call(requests: list[Any], completions: list[list[Any]]) -> None:
+            # A stream opens at the first finished engine call (a refusal before it still answers 4xx), then reports
+            # each call as it ends: a long PDR or Long⊗Short episode shows progress, and no proxy times it out.
+            if not calls:
+                self._open_stream(chunk(request_id, model, created, {"role": "assistant", "content": ""}))
+            calls.append(len(calls) + 1)
+            self._event(chunk(request_id, model, created, {}, longshort=progress(len(calls), requests, completions)))
+
         try:
             ep = self.server.service.solve(request.problem, request.max_tokens, request.temperature, request_id,
-                                           request.protocol)
-        except UserError as e:  # settings the protocol refuses (PDR greedy with parallel drafts)
-            return self._error(RequestError(400, str(e)))
-        except Exception as e:  # noqa: BLE001 - one failed episode answers 500; the server keeps serving
-            self.log_error("episode failed: %s: %s", type(e).__name__, e)
-            return self._error(RequestError(500, f"the episode failed: {type(e).__name__}: {e}"))
-        created, model = int(time.time()), self.server.service.model
+                                           request.protocol, on_call if request.stream else None)
+        except DISCONNECTED:
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed episode answers 4xx/5xx; the server keeps serving
+            refused = isinstance(e, UserError)  # settings the protocol refuses (PDR greedy with parallel drafts)
+            if not refused:
+                self.log_error("episode failed: %s: %s", type(e).__name__, e)
+            err = RequestError(400, str(e)) if refused else RequestError(500, f"the episode failed: {type(e).__name__}: {e}")
+            if not calls:
+                return self._error(err)
+            self._event(err.body())  # the stream is open: the error is its last event, as OpenAI's streams do
+            return self._done()
         if not request.stream:
             return self._json(200, completion(ep, request_id, model, created))
-        # The protocol has finished: the answer is sent in chunks now (docs/serve.md: not token by token).
+        if not calls:  # an episode without an engine call (none happen today; the stream still opens)
+            self._open_stream(chunk(request_id, model, created, {"role": "assistant", "content": ""}))
+        for c in chunks(ep, request_id, model, created, request.include_usage):
+            self._event(c)
+        self._done()
+
+    def _open_stream(self, first: dict[str, Any]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
-        for c in chunks(ep, request_id, model, created, request.include_usage):
-            self.wfile.write(b"data: " + json.dumps(c, ensure_ascii=False).encode() + b"\n\n")
+        self._event(first)
+
+    def _event(self, body: dict[str, Any]) -> None:
+        self.wfile.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def _done(self) -> None:
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 

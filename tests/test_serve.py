@@ -131,7 +131,7 @@ def test_completion_is_the_episode_in_openai_shape(served, tiny_tokenizer):
 
 
 def test_stream_sends_the_answer_as_openai_chunks(served):
-    server, _ = served
+    server, service = served
     status, _, raw = chat(server, temperature=0)
     full = json.loads(raw)
     status, headers, raw = chat(server, temperature=0, stream=True, stream_options={"include_usage": True})
@@ -146,6 +146,15 @@ def test_stream_sends_the_answer_as_openai_chunks(served):
     *_, last, tail = chunks
     assert last["choices"][0]["finish_reason"] == full["choices"][0]["finish_reason"] and last["choices"][0]["delta"] == {}
     assert tail["choices"] == [] and tail["usage"] == full["usage"]
+    # While the protocol runs, each finished engine call is an empty-delta chunk saying which call it was: one per
+    # protocol step of the same (greedy) episode, with the tokens that step generated.
+    ep = service.solve(PROBLEM, temperature=0.0)
+    steps = sorted({t.step for t in ep.turns})
+    calls = [c["longshort"] for c in chunks if "longshort" in c]
+    assert [c["call"] for c in calls] == list(range(1, len(steps) + 1)) and len(steps) > 1
+    assert all(c["choices"][0]["delta"] == {} for c in chunks if "longshort" in c)
+    assert [c["generated_tokens"] for c in calls] == [sum(t.output_tokens for t in ep.turns if t.step == k) for k in steps]
+    assert [c["roles"] for c in calls] == [sorted({t.role for t in ep.turns if t.step == k}) for k in steps]
     status, _, raw = chat(server, temperature=0, stream=True)  # no include_usage: no usage chunk
     assert all(json.loads(e[6:])["choices"] for e in raw.decode().split("\n\n")[:-2])
 
