@@ -47,7 +47,8 @@ def test_base_inheritance(tmp_path):
         ("sft.lora.r=0", "key 'sft.lora.r' must be >= 1, got 0"),
         ("rl.lora.r=0", "key 'rl.lora.r' must be >= 1, got 0"),
         ("rl.lora.target_modules=[]", "key 'rl.lora.target_modules' must name at least one module"),
-        ("rl.lora.dropout=0.1", "key 'rl.lora.dropout' must be 0"),
+        ("rl.lora.dropout=0.1", "unknown key 'rl.lora.dropout'"),  # RL samples and trains without dropout
+        ("sft.lora.dropout=1.5", "key 'sft.lora.dropout' must be in [0, 1)"),
         ("rl.lora_alpha=32", "key 'rl.lora_alpha' was renamed: use 'rl.lora.alpha'"),
         ("rl.lora_targets=[q_proj]", "key 'rl.lora_targets' was renamed: use 'rl.lora.target_modules'"),
         ("protocol.pdr_schedule=[4,2]", "protocol.pdr_schedule"),

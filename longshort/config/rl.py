@@ -103,7 +103,7 @@ class RLConfig:
     )
     lora: LoRAConfig = doc(
         "LoRA shape of a fresh adapter (a role with roles.<role>.adapter null; a start adapter keeps its own shape). "
-        "Same keys as `sft.lora`; dropout must be 0.",
+        "Same type as `sft.lora`, without its dropout (the engine samples without one).",
         factory=LoRAConfig,
     )
     ray_address: str | None = doc("Ray cluster to join (`auto`, `HOST:PORT`); null = `RAY_ADDRESS` or a new local cluster.", None)
@@ -155,9 +155,6 @@ class RLConfig:
                     "nll_coef"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise ConfigError(f"key 'rl.{key}' must be >= 0, got {getattr(self, key)}")
-        if self.lora.dropout != 0:  # PolicyLearner builds fresh adapters without dropout; a recipe must not claim otherwise
-            raise ConfigError(f"key 'rl.lora.dropout' must be 0 (the engine samples without dropout; with it the learner's "
-                              f"logprobs would not match the sampler's), got {self.lora.dropout}")
         if self.clip_low >= 1:
             raise ConfigError(f"key 'rl.clip_low' must be < 1, got {self.clip_low}")
         for key in ("rollout_cpus", "rollout_gpus", "learner_cpus", "learner_gpus"):

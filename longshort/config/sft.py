@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from longshort.config.loader import doc
-from longshort.config.lora import LoRAConfig
+from longshort.config.lora import SFTLoRAConfig
 from longshort.errors import ConfigError
 
 
@@ -57,7 +57,7 @@ class SFTConfig:
         "works with LoRA (the input embeddings are made to require grad).",
         False,
     )
-    lora: LoRAConfig = doc("LoRA shape (mode: lora).", factory=LoRAConfig)
+    lora: SFTLoRAConfig = doc("LoRA shape and dropout (mode: lora).", factory=SFTLoRAConfig)
 
     def __post_init__(self) -> None:
         positive = {
