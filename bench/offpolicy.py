@@ -61,7 +61,9 @@ fresh LoRA on the shipped reasoner), {c['steps']} steps, one after the other in 
 `offpolicy.speedup` (median step time of steps 2+, on-policy / off-policy): **{goal_text(g)}**. What bounds it: an
 overlapped step lasts max(rollout, learning) plus the sync, not their sum, and on this 2-core machine the rollout
 actor and the learner each hold one core, so the bound is (rollout + learn) / max(rollout, learn) =
-{res['bound']:.2f}× from the on-policy run's phases. The reward columns are means over {c['steps']} steps of
+{res['bound']:.2f}× from the on-policy run's phases; it is not reached because the overlapped learner ran
+{off['learn_s'] / on['learn_s']:.2f}× as long as the on-policy one (learn s), sharing the two cores with the rollout's engine.
+Accuracy is 0 in both: fresh roles on the reasoner have not learned the Long⊗Short format. The reward columns are means over {c['steps']} steps of
 {c['problems_per_step'] * c['group_size']} episodes each: too few steps to tell a difference in learning apart, and
 they are shown only so that a collapse would be visible. Measured on {res['machine']}; load average
 {res['load_avg_before']} before, {res['load_avg_after']} after.
