@@ -204,7 +204,7 @@ def _rl_metrics(log: list[dict[str, Any]], role: str) -> dict[str, Any]:
     return {"steps": log[-1]["step"] if log else 0,
             "first_reward": first(log, f"{role}/reward"), "final_reward": first(back, f"{role}/reward"),
             "first_accuracy": first(log, "accuracy"), "final_accuracy": first(back, "accuracy"),
-            "role_tokens": first(back, f"{role}/tokens"), "episode_tokens": first(back, "tokens"),
+            "role_tokens": first(back, f"{role}/tokens_per_problem"), "episode_tokens": first(back, "tokens_per_problem"),
             "final_pg_loss": first(back, f"{role}/pg_loss"), "final_kl": first(back, f"{role}/kl")}
 
 

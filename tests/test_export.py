@@ -204,7 +204,7 @@ def test_export_rl_run_exports_both_final_adapters_with_cards(rl_run, runs, tiny
         assert front["base_model"] == Path(tiny_model).name and front["library_name"] == "peft" and "longshort" in front["tags"]
         assert e["metrics"]["final_reward"] == last[f"{role}/reward"] and e["metrics"]["final_accuracy"] == last["accuracy"]
         assert f"| RL reward of the {role} role (first → last step) | {last[role + '/reward']:.4g} → {last[role + '/reward']:.4g} |" in card
-        assert f"{last['accuracy']:.4g}" in card and f"{last[role + '/tokens']:.4g}" in card
+        assert f"{last['accuracy']:.4g}" in card and f"{last[role + '/tokens_per_problem']:.4g}" in card
         assert "| SFT loss (first → final) | not measured |" in card
         assert e["recipe"]["sha256"] == hashlib.sha256((rl_run / "config.yaml").read_bytes()).hexdigest() in card
         assert e["data"]["rows"] > 0 and e["data"]["sha256"] in card and "synthetic task" in card
