@@ -238,16 +238,19 @@ class PolicyLearner:
         return _Pack(ids.to(dev), pos.to(dev), start.to(dev), {k: v.to(dev) for k, v in values.items()}, where,
                      padding=len(rows) * width - sum(n for *_, n in where))
 
-    def _forward(self, pack: _Pack, with_entropy: bool, tempered: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    def _forward(self, pack: _Pack, with_entropy: bool, tempered: bool,
+                 want_raw: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Per position t ≥ 1 the logprob of token t under softmax(logits / T_t) (T_t: the token's sampling
         temperature, `pack.values['temperature']`, when `tempered`), the entropy (if asked) and the raw-logit
-        logprob (no gradient: what the engine reports), each [rows, width − 1]."""
+        logprob (no gradient: what the engine reports; without `want_raw` the tempered one stands in), each
+        [rows, width − 1]."""
         logits = self.model(input_ids=pack.ids, position_ids=pack.pos, use_cache=False).logits[:, :-1]
         targets = pack.ids[:, 1:]
         raw = None
         if tempered:
-            with torch.no_grad():
-                raw, _ = token_logprobs(logits, targets, False)
+            if want_raw:  # a second vocab-wide softmax: only where the gap check reads it
+                with torch.no_grad():
+                    raw, _ = token_logprobs(logits, targets, False)
             logits = logits / pack.values["temperature"][:, 1:, None]
         lp, ent = token_logprobs(logits, targets, with_entropy)
         return lp, ent, lp.detach() if raw is None else raw
@@ -266,7 +269,7 @@ class PolicyLearner:
 
     @torch.no_grad()
     def _score(self, adapter: str | None, seqs: list[TrainSequence], temps: list[list[float]] | None,
-               files: dict[str, bytes] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+               files: dict[str, bytes] | None = None, want_raw: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per sequence, (tempered, raw) logprob of every token (position 0 gets 0) under `adapter` (a role,
         `<role>_ref`, or None: the bare base); with `files`, under those weights of the role's adapter instead."""
         tempered: list[torch.Tensor] = [torch.empty(0)] * len(seqs)
@@ -275,7 +278,7 @@ class PolicyLearner:
             for chunk in self._chunks(seqs, list(range(len(seqs)))):
                 pack = self._pack(seqs, chunk, {"temperature": temps} if temps else {})
                 with self._activate(adapter, trainable=False):
-                    lp, _, lp_raw = self._forward(pack, with_entropy=False, tempered=temps is not None)
+                    lp, _, lp_raw = self._forward(pack, with_entropy=False, tempered=temps is not None, want_raw=want_raw)
                 for w in pack.where:
                     tempered[w[0]], raw[w[0]] = _unpacked(lp, w), _unpacked(lp_raw, w)
         return tempered, raw
@@ -335,7 +338,7 @@ class PolicyLearner:
         stats = LearnerStats(lr=self.sched[role].get_last_lr()[0])  # the rate of this step's first update
         old = raw = None
         if not fused:
-            old, raw = self._score(role, seqs, temps if tempered else None, behaviour)
+            old, raw = self._score(role, seqs, temps if tempered else None, behaviour, want_raw=True)
             stats.add_gap(seqs, raw)
         # with kl_coef 0 the KL term is only logged, so no reference pass: ref = logp makes it 0
         ref = self._score(self.ref_adapter(role), seqs, temps if tempered else None)[0] if cfg.kl_coef else None
