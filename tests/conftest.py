@@ -150,7 +150,7 @@ def rl_straight_run(ray_cluster, tmp_path_factory, tiny_model, tiny_adapters):
 # --- the pipeline: one uninterrupted `longshort pipeline --quick` run for the session ------------------------
 
 PIPELINE_RECIPE = os.path.join(REPO, "recipes", "tiny", "pipeline.yaml")
-PIPELINE_STAGES = ("base", "data", "reasoner", "analyze", "coldstart", "sft_long", "sft_short", "rl", "rl_length", "eval", "benchmarks",
+PIPELINE_STAGES = ("base", "data", "reasoner", "analyze", "coldstart", "sft_long", "sft_short", "rl", "rl_length", "rl_operator", "eval", "benchmarks",
                    "export")
 # Spelled out (not imported from longshort.pipeline.plan): the tests pin the stage order the console reports.
 

@@ -123,3 +123,12 @@ def test_repository_recipes_resolve_as_before():
 
     r = load_recipe("recipes/tiny/pipeline.yaml")
     assert r.pipeline.benchmarks["math500"] == "../shared/benchmarks/math500.jsonl" and r.model.base == "tiny"
+
+
+def test_a_partial_stage_overlay_keeps_the_overlays_defaults(tmp_path):
+    """`pipeline.rl_length.rl.steps=3` changes the steps and keeps the baseline's length reward: a dict key with
+    defaults is merged like a section, never replaced by the user's part of it."""
+    r = load_recipe(write(tmp_path, "run: {name: x}\n"), ["pipeline.rl_length.rl.steps=3", "pipeline.rl_operator.rl.lr=0.01"])
+    assert r.pipeline.rl_length == {"rl": {"rewards": {"correct": 1.0, "format": 0.0, "length": 1.0, "synergy": 0.0}, "steps": 3}}
+    op = r.pipeline.rl_operator["rl"]
+    assert op["lr"] == 0.01 and op["loss"] == "cispo" and op["operator_mix"] == 0.5

@@ -21,7 +21,7 @@ def quick(pipeline_quick):
 def test_report_card(quick):
     run, _ = quick
     report = json.loads((run / "report.json").read_text())
-    assert set(report["systems"]) == {"long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "sr", "pdr"}
+    assert set(report["systems"]) == {"long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "sr", "pdr", "pdr_rl"}
     for row in report["systems"].values():
         assert row["problems"] == 6 and row["tokens_per_problem"] > 0 and row["n"] == 6
         assert row["b_total"] >= row["b_seq"] > 0  # budgets counted per call
@@ -33,7 +33,7 @@ def test_report_card(quick):
         roles = {t["role"] for ep in episodes for t in ep["turns"]}
         if system.startswith("long_short"):
             assert "long" in roles and roles <= {"long", "short"}, (system, roles)
-        elif system == "length_penalty_rl":  # the single-model baseline answers with its own adapter
+        elif system in ("length_penalty_rl", "pdr_rl"):  # a one-adapter RL stage's system answers with its adapter
             assert roles == {"long"}, (system, roles)
         else:
             assert roles == {"base"}, (system, roles)
@@ -50,6 +50,13 @@ def test_report_card(quick):
     assert lo <= head["accuracy_delta_points"] <= hi
     assert set(head["rl_vs_sft"]) >= {"mcnemar_p", "accuracy_delta_ci", "tokens_delta_ci"}
     assert "p_value" in head["pdr_vs_long_cot"] and "p_value" in head["sr_vs_long_cot"]
+    # PDR after RL through the operator, against long CoT and against PDR before it, each at its B_seq
+    for against in ("long_cot", "pdr"):
+        comp = head[f"pdr_rl_vs_{against}"]
+        assert "p_value" in comp and comp["b_seq_pdr_rl"] == report["systems"]["pdr_rl"]["b_seq"] and f"b_seq_{against}" in comp
+    assert {"pdr_rl beats pdr at matched B_seq", "pdr_rl beats long_cot at matched B_seq"} <= {t["name"] for t in head["targets"]}
+    op = report["rl_operator"]
+    assert op["steps"] == 2 and op["sync_ok_every_step"] is True and set(op["last"]) >= {"accuracy/pdr", "format_ok/refine"}
     assert head["oracle_tokens_per_problem"] > 0 and "removable_tokens_removed" in head
     assert report["reasoner"]["source"] == "shipped" and report["reasoner"]["n"] == 6
     assert report["reasoner"]["shipped_held_out"]["n"] >= 500 and report["reasoner"]["shipped_held_out"]["accuracy"] >= 0.85

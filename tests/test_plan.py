@@ -161,7 +161,7 @@ def test_a_stage_reads_one_key_of_a_section_without_the_rest(tmp_path):
     assert "roles.long.system_prompt" in readable(plan.stages["analyze"].recipe, "analyze")
     changed = plan_of(_set(quick_data(tmp_path), "roles.long.max_tokens", 77))
     assert {n for n in ORDER if changed.stages[n].fingerprint != plan.stages[n].fingerprint} == \
-        {"rl", "rl_length", "eval", "benchmarks", "export"}  # a sampling cap reruns no analysis or SFT
+        {"rl", "rl_length", "rl_operator", "eval", "benchmarks", "export"}  # a sampling cap reruns no analysis or SFT
 
 
 def test_vllm_serves_an_lm_head_lora_only_merged(tmp_path):
@@ -173,3 +173,16 @@ def test_vllm_serves_an_lm_head_lora_only_merged(tmp_path):
         plan_of(_set(_set(data, "engine.kind", "vllm"), "engine.lora_mode", "adapter"))
     with pytest.raises(ConfigError, match=r"pipeline.eval: engine.kind vllm .* lm_head .*pipeline.sft_long.sft.lora.target_modules"):
         plan_of(_set(data, "pipeline.eval", {"engine": {"kind": "vllm", "lora_mode": "adapter"}}))
+
+
+def test_operator_rl_trains_one_round_of_the_evaluated_schedule(tmp_path):
+    """Stage rl_operator: a fresh adapter on the reasoner, RL through PDR with the evaluated first round's drafts and one
+    refine call (the operators paper's M = [m, 1]), for Long⊗Short's RL steps; evaluation keeps the whole schedule."""
+    plan = plan_of(_set(quick_data(tmp_path), "protocol.pdr_schedule", [4, 2, 1]))
+    op = plan.stages["rl_operator"].recipe
+    assert op.protocol.name == "pdr" and op.protocol.pdr_schedule == [4, 1] and op.protocol.long_cot_role == "long"
+    assert op.roles.long.adapter is None and op.rl.loss == "cispo" and op.rl.operator_mix == 0.5
+    assert op.rl.steps == plan.stages["rl"].recipe.rl.steps and op.model.base == str(plan.reasoner)
+    assert plan.stages["eval"].recipe.protocol.pdr_schedule == [4, 2, 1]
+    without = plan_of(_set(quick_data(tmp_path), "pipeline.systems", ["long_cot", "pdr"]))
+    assert not without.solo_rl_ran("rl_operator") and plan.solo_rl_ran("rl_operator")

@@ -146,7 +146,7 @@ def scripted(monkeypatch, tiny_model, tiny_tokenizer, tiny_adapters):
     monkeypatch.setattr(longshort.engines, "make_engine", make_engine)
     monkeypatch.setattr(longshort.protocols, "run_protocol", run_protocol)  # RL's rollouts
     monkeypatch.setattr(longshort.eval, "run_protocol", run_protocol)  # evaluation
-    cpu_part = {"reasoner": sft, "sft_long": sft, "sft_short": sft, "rl": rl, "rl_length": rl, "export": export}
+    cpu_part = {"reasoner": sft, "sft_long": sft, "sft_short": sft, "rl": rl, "rl_length": rl, "rl_operator": rl, "export": export}
     for name, runner in list(stages.RUNNERS.items()):
         monkeypatch.setitem(stages.RUNNERS, name, tracked(name, cpu_part.get(name, runner)))
     monkeypatch.chdir(REPO)  # the recipes' benchmark paths are relative to the repository root
@@ -188,6 +188,7 @@ def test_paper_recipe_runs_every_stage_to_the_report_card(path, tmp_path, tiny_m
         assert scripted[("eval", system)] and min(scripted[("eval", system)]) > 0, system
     assert min(scripted[("benchmarks", "long_cot")] | scripted[("benchmarks", "long_short")]) > 0
     assert min(scripted[("rl", "long_short")]) > 0 and min(scripted[("rl_length", "long_cot")]) > 0
+    assert min(scripted[("rl_operator", "pdr")]) > 0  # RL through the operator samples its drafts too
 
 
 @pytest.mark.parametrize("path", PAPER, ids=[Path(p).parent.name for p in PAPER])

@@ -118,6 +118,25 @@ def test_pdr_gets_its_target_without_sr():
     assert _status(_head({"long_cot": lc, "pdr": pdr})) == {"pdr beats long_cot at matched B_seq": "missed"}
 
 
+def test_pdr_after_operator_rl_is_tested_against_pdr_before_it_and_long_cot():
+    """Operator RL's claim: PDR answered by the adapter RL-trained through it beats PDR before it, each pair on the same
+    problems with its own B_seq; significance is McNemar's, as for every other target."""
+    many = [f"q{i}" for i in range(24)]
+    lc = [_ep(p, i < 12, 400) for i, p in enumerate(many)]
+    pdr = [_ep(p, i < 4, 420, "pdr") for i, p in enumerate(many)]
+    pdr_rl = [_ep(p, i < 14, 410, "pdr", role="long") for i, p in enumerate(many)]  # 10 more than pdr, 0 fewer
+    head = _head({"long_cot": lc, "pdr": pdr, "pdr_rl": pdr_rl})
+    status = _status(head)
+    assert status["pdr_rl beats pdr at matched B_seq"] == "met" and head["pdr_rl_vs_pdr"]["discordant"] == [0, 10]
+    assert head["pdr_rl_vs_pdr"]["b_seq_pdr"] == 420 and head["pdr_rl_vs_pdr"]["b_seq_matched"]
+    # against long CoT: 2 more right of 24 is no evidence (McNemar 0:2)
+    assert status["pdr_rl beats long_cot at matched B_seq"] == "missed" and head["pdr_rl_vs_long_cot"]["discordant"] == [0, 2]
+    assert status["pdr beats long_cot at matched B_seq"] == "missed"
+    # without PDR before RL there is nothing to compare it with: no target, no comparison
+    head = _head({"long_cot": lc, "pdr_rl": pdr_rl})
+    assert "pdr_rl_vs_pdr" not in head and set(_status(head)) == {"pdr_rl beats long_cot at matched B_seq"}
+
+
 @pytest.fixture
 def plan(tmp_path):
     return make_plan(load_recipe(PIPELINE_RECIPE, quick_overrides(PIPELINE_RECIPE) + [f"run.out_dir={tmp_path}"]), PIPELINE_RECIPE)

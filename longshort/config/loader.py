@@ -181,6 +181,8 @@ def build(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T
         default = fields[k].default_factory
         if isinstance(v, dict) and dataclasses.is_dataclass(hints[k]) and default is not MISSING:
             v = deep_merge(to_dict(default()), v)  # a partial section keeps the field's own defaults (roles.long.stop)
+        elif isinstance(v, dict) and typing.get_origin(hints[k]) is dict and default is not MISSING:
+            v = deep_merge(default(), v)  # so does a dict with defaults (`pipeline.rl_length.rl.steps` keeps its rewards)
         kwargs[k] = _coerce(v, hints[k], prefix + k, where)
     for name, f in fields.items():
         if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from longshort.config.loader import doc
 from longshort.errors import ConfigError
 
-SYSTEMS = ("long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "sr", "pdr")
+SYSTEMS = ("long_cot", "long_short_sft", "long_short_rl", "length_penalty_rl", "sr", "pdr", "pdr_rl")
 
 
 @dataclass
@@ -71,6 +71,19 @@ class PipelineConfig:
         factory=lambda: {"rl": {"rewards": {"correct": 1.0, "format": 0.0, "length": 1.0, "synergy": 0.0}}},
         recipe=True,
     )
+    rl_operator: dict[str, Any] = doc(
+        "Recipe sections for stage `rl_operator`, merged over `pipeline.rl`: RL through the PDR operator for the system "
+        "`pdr_rl` (docs/rl.md, \"RL through an operator\"): one fresh LoRA adapter on the reasoner, trained for the same "
+        "steps, problems and samples as Long⊗Short's RL on one-round PDR rollouts (the evaluated `protocol` section's "
+        "workspace settings, first round's drafts, one refine call) mixed with plain long traces.",
+        # a fresh adapter (not SFT roles to keep close to): recipes/tiny/rl_pdr.yaml's learning rate, two updates per
+        # step and no KL term; the format term pays a refine call for boxing an answer, which the reasoner never
+        # learned to do after a workspace
+        factory=lambda: {"rl": {"operator_mix": 0.5, "operator_loss_on": "refine", "loss": "cispo", "lr": 2.0e-3,
+                                "minibatches": 2, "kl_coef": 0.0,
+                                "rewards": {"correct": 1.0, "format": 1.0, "length": 0.0, "synergy": 0.0}}},
+        recipe=True,
+    )
     eval: dict[str, Any] = doc("Recipe sections for stage `eval` (every system on the held-out split).", factory=dict, recipe=True)
     benchmarks: dict[str, str] = doc(
         "Stage `benchmarks`: real benchmark files evaluated with the final models, name -> JSONL path "
@@ -82,7 +95,7 @@ class PipelineConfig:
     systems: list[str] = doc(
         "Systems compared on the held-out split: long_cot (the reasoner alone), long_short_sft, long_short_rl "
         "(Long⊗Short, arXiv 2505.11827), length_penalty_rl (one adapter, RL with a length penalty), sr and pdr (the reasoner under Sequential Refinement / Parallel-Distill-"
-        "Refine, arXiv 2510.01123).",
+        "Refine, arXiv 2510.01123), pdr_rl (PDR answered by stage `rl_operator`'s adapter, RL-trained through the operator).",
         factory=lambda: list(SYSTEMS),
     )
     export_vllm_check: bool = doc("Stage `export`: check that vLLM loads and runs each merged model.", True)

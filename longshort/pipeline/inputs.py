@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longshort.errors import UserError
-from longshort.pipeline.plan import Plan
+from longshort.pipeline.plan import SOLO_SYSTEM, Plan
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def inputs(plan: Plan) -> list[Input]:
     for r in ("long", "short"):
         rows += [Input(f"sft_{r}", *model), Input(f"sft_{r}", f"{r} transcripts", str(run / "coldstart" / f"{r}.jsonl"), "file", "coldstart")]
     rows += [Input("rl", *model), *(Input("rl", *a) for a in sft), Input("rl", *train)]
-    rows += [Input("rl_length", *model), Input("rl_length", *train)]
+    rows += [Input(solo, *a) for solo in SOLO_SYSTEM for a in (model, train)]
     rows += [Input("eval", *model), *(Input("eval", *a) for a in sft), Input("eval", "test split", str(plan.test_file), "file", "data")]
     rows += [Input("benchmarks", *model)] + [Input("benchmarks", f"pipeline.benchmarks.{n}", p, "file", None) for n, p in cfg.benchmarks.items()]
     rows += [Input("export", *a) for a in sft]

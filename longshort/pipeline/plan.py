@@ -46,10 +46,16 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sft_short", ("reasoner", "coldstart")),
     ("rl", ("reasoner", "sft_long", "sft_short", "data")),
     ("rl_length", ("reasoner", "data")),
-    ("eval", ("reasoner", "sft_long", "sft_short", "rl", "rl_length", "data")),
+    ("rl_operator", ("reasoner", "data")),
+    ("eval", ("reasoner", "sft_long", "sft_short", "rl", "rl_length", "rl_operator", "data")),
     ("benchmarks", ("reasoner", "sft_long", "sft_short", "rl")),
     ("export", ("sft_long", "sft_short", "rl")),
 )
+
+
+# The one-adapter RL stages and the system each trains: a fresh LoRA on the reasoner that answers that system's
+# protocol alone (the length-penalty baseline through long CoT, operator RL through PDR).
+SOLO_SYSTEM = {"rl_length": "length_penalty_rl", "rl_operator": "pdr_rl"}
 
 
 # What each stage may read (every stage reads `run`): a section, or one key of a section as a dotted path
@@ -65,6 +71,7 @@ READS: dict[str, tuple[str, ...]] = {
     "sft_short": ("run", "model", "roles.short.system_prompt", "roles.short.stop", "data", "sft"),
     "rl": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
     "rl_length": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
+    "rl_operator": ("run", "model", "roles", "engine", "protocol", "data", "synthetic", "rl"),
     "eval": ("run", "model", "roles", "engine", "protocol", "data", "evaluation"),
     "benchmarks": ("run", "model", "roles", "engine", "protocol", "data", "evaluation"),
     "export": ("run", "model", "roles"),
@@ -194,8 +201,9 @@ class Plan:
     def rl_ran(self) -> bool:
         return self.stages["rl"].recipe.rl.steps > 0
 
-    def length_rl_ran(self) -> bool:
-        return "length_penalty_rl" in self.pipeline.pipeline.systems and self.stages["rl_length"].recipe.rl.steps > 0
+    def solo_rl_ran(self, stage: str) -> bool:
+        """Whether a one-adapter RL stage (`SOLO_SYSTEM`) trains: its system is compared and it has steps."""
+        return SOLO_SYSTEM[stage] in self.pipeline.pipeline.systems and self.stages[stage].recipe.rl.steps > 0
 
 
 def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
@@ -229,6 +237,16 @@ def _wiring(plan_paths: dict[str, str], name: str, shared: dict[str, Any], stage
         rollout = {"name": "long_cot", "long_cot_role": "long", "temperature": stage["roles"]["long"]["temperature"]}
         return deep_merge(on_reasoner, {"data": {"train": p["train"]}, "protocol": rollout,
                                         "roles": {"long": {"adapter": None}, "short": {"adapter": None}}})
+    if name == "rl_operator":
+        # RL through PDR (system pdr_rl): one fresh LoRA adapter on the reasoner answers every operator call, with the
+        # evaluated operator's workspace settings. Its rollouts are one round, as the operators paper trains: the
+        # evaluated schedule's first-round drafts, then one refine call (M = [m, 1]; [4, 2, 1] trains as [4, 1]).
+        # Like rl_length it samples at role long's temperature, and so do the drafts (pdr_temperature unset).
+        first = stage["protocol"]["pdr_schedule"][0]
+        rollout = {"name": "pdr", "long_cot_role": "long", "temperature": stage["roles"]["long"]["temperature"],
+                   "pdr_temperature": None, "pdr_schedule": [first, 1]}
+        return deep_merge(on_reasoner, {"data": {"train": p["train"]}, "protocol": rollout,
+                                        "roles": {"long": {"adapter": None}, "short": {"adapter": None}}})
     if name in ("eval", "benchmarks"):
         # long_cot, SR and PDR are the reasoner alone: no role adapter, whatever the shared protocol section says.
         return deep_merge(on_reasoner, {"protocol": {"long_cot_role": "base"}})
@@ -254,7 +272,7 @@ def make_plan(pipeline: Recipe, where: str) -> Plan:
     overlays = {"reasoner": cfg.reasoner, "analyze": cfg.analyze, "coldstart": cfg.coldstart, "sft_long": cfg.sft_long,
                 "sft_short": cfg.sft_short, "rl": cfg.rl, "eval": cfg.eval, "benchmarks": cfg.benchmark_eval,
                 # the baseline runs Long⊗Short's RL settings (steps, problems, samples) plus its own reward overlay
-                "rl_length": deep_merge(cfg.rl, cfg.rl_length)}
+                "rl_length": deep_merge(cfg.rl, cfg.rl_length), "rl_operator": deep_merge(cfg.rl, cfg.rl_operator)}
     extras: dict[str, dict[str, Any]] = {
         # the teacher of `task: generate` runs on the shared engine section, which the data stage cannot read
         "data": {"task": cfg.task, **({"generate": dataclasses.asdict(cfg.generate), "engine": shared["engine"],

@@ -25,6 +25,9 @@ TOKEN_REDUCTION_TARGET = 0.80  # Long⊗Short: ≥ 80% fewer tokens than the lon
 ACCURACY_DELTA_TARGET = -2.0  # ... while losing at most 2 accuracy points
 BSEQ_MATCH = 0.10  # PDR's B_seq counts as matched when it is within ±10% of long CoT's
 REMOVABLE_TARGET = 0.90  # ... and removes ≥ 90% of what the generator's concise trace shows to be removable
+# (system, baseline) at B_seq: the operators against long CoT (arXiv 2510.01123), and PDR after RL through the
+# operator against long CoT and against PDR before it; every pair but SR's has a target
+OPERATOR_PAIRS = (("pdr", "long_cot"), ("sr", "long_cot"), ("pdr_rl", "long_cot"), ("pdr_rl", "pdr"))
 
 
 def _n(row: dict[str, Any]) -> int:
@@ -81,7 +84,7 @@ def _target(name: str, value: float | None, target: float, met: bool, missed_by:
 
 def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None = None,
              oracle_tokens: float | None = None) -> dict[str, Any]:
-    """Token reduction and accuracy delta of Long⊗Short vs long CoT; PDR vs long CoT at matched B_seq.
+    """Token reduction and accuracy delta of Long⊗Short vs long CoT; the operators at matched B_seq (OPERATOR_PAIRS).
 
     With `outcomes` (per-episode results of each system on the same problems) each comparison carries its
     paired test and intervals; with `oracle_tokens` (mean tokens of the generator's concise trace on those
@@ -132,26 +135,26 @@ def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None
             _target(f"{ls_name}: accuracy within 2 points of long_cot", delta, ACCURACY_DELTA_TARGET,
                     delta >= ACCURACY_DELTA_TARGET, max(0.0, ACCURACY_DELTA_TARGET - delta), acc_bad),
         ]
-    for name in ("pdr", "sr"):
-        if name not in systems:
+    for name, against in OPERATOR_PAIRS:
+        if name not in systems or against not in systems:
             continue
-        row = systems[name]
-        matched = abs(row["b_seq"] - base["b_seq"]) <= BSEQ_MATCH * base["b_seq"]
-        gain = 100 * (row["accuracy"] - base["accuracy"])
-        comp = out[f"{name}_vs_long_cot"] = {"accuracy_delta_points": gain, f"b_seq_{name}": row["b_seq"],
-                                             "b_seq_long_cot": base["b_seq"], "b_seq_matched": matched}
-        pair = paired(outcomes["long_cot"], outcomes[name]) if name in outcomes and "long_cot" in outcomes else None
+        row, ref = systems[name], systems[against]
+        matched = abs(row["b_seq"] - ref["b_seq"]) <= BSEQ_MATCH * ref["b_seq"]
+        gain = 100 * (row["accuracy"] - ref["accuracy"])
+        comp = out[f"{name}_vs_{against}"] = {"accuracy_delta_points": gain, f"b_seq_{name}": row["b_seq"],
+                                              f"b_seq_{against}": ref["b_seq"], "b_seq_matched": matched}
+        pair = paired(outcomes[against], outcomes[name]) if name in outcomes and against in outcomes else None
         if pair is not None:
             comp.update(accuracy_delta_ci=pair["accuracy_delta_ci"], p_value=pair["mcnemar_p"], discordant=pair["discordant"])
-        bad = accuracy_degenerate({"long_cot": base, name: row}, pair, test=True)
+        bad = accuracy_degenerate({against: ref, name: row}, pair, test=True)
         if bad:
             comp["degenerate"] = bad
-        if name == "pdr":  # the operators paper's claim; SR is reported, with no target of its own
+        if name != "sr":  # the operators paper's claims; SR is reported, with no target of its own
             # "more accurate" is a claim about the systems, not this sample: it needs the paired test's p < ALPHA
             sig = pair is not None and pair["mcnemar_p"] is not None and pair["mcnemar_p"] < ALPHA
-            out["targets"].append(_target("pdr beats long_cot at matched B_seq", gain, 0.0, matched and gain > 0 and sig,
+            out["targets"].append(_target(f"{name} beats {against} at matched B_seq", gain, 0.0, matched and gain > 0 and sig,
                                           max(0.0, -gain) if matched else None, bad,
-                                          "" if matched else f"B_seq not matched ({row['b_seq']:.0f} vs {base['b_seq']:.0f})"))
+                                          "" if matched else f"B_seq not matched ({row['b_seq']:.0f} vs {ref['b_seq']:.0f})"))
     return out
 
 
@@ -236,11 +239,17 @@ def write_report(plan: Plan, records: dict[str, dict[str, Any]]) -> dict[str, An
             acc = rl[end].get("accuracy")
             if isinstance(acc, (int, float)):
                 rl[end]["accuracy_ci"] = list(wilson(acc * per_step, per_step))
+    op_rows = _rows(plan.stages["rl_operator"].dir / "metrics.jsonl")
+    operator_rl: dict[str, Any] = {}
+    if op_rows:  # RL through PDR (system pdr_rl): per call kind and per rollout protocol, first and last step
+        keys = ("accuracy/pdr", "accuracy/long_cot", "format_ok/refine", "tokens/refine", "reward/pdr", "reward/long_cot")
+        operator_rl = {"steps": len(op_rows), "first": {k: op_rows[0].get(k) for k in keys}, "last": {k: op_rows[-1].get(k) for k in keys},
+                       "sync_ok_every_step": all(r.get("sync/ok") is True for r in op_rows)}
     report = {
         "run": str(out), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "stages": {n: {"seconds": r["seconds"], "summary": r["summary"]} for n, r in records.items()},
         "total_stage_seconds": sum(r["seconds"] for r in records.values()),
-        "systems": systems, "headline": head, "rl": rl,
+        "systems": systems, "headline": head, "rl": rl, "rl_operator": operator_rl,
         "reasoner": {"source": reasoner.get("source", "base" if "skipped" in reasoner else "train"), "accuracy": lc["accuracy"],
                      "accuracy_ci": lc["accuracy_ci"], "n": lc["n"], "shipped_held_out": reasoner.get("held_out")},
         "analysis": {k: analysis[k] for k in ("precision", "precision_ci", "recall", "recall_ci", "precision_scored",
@@ -297,12 +306,12 @@ def markdown(report: dict[str, Any]) -> str:
         r = head["rl_vs_sft"]
         lines.append(f"- RL vs SFT only: accuracy {r['accuracy_delta_points']:+.1f} points {_ci(r['accuracy_delta_ci'])} "
                      f"(McNemar p = {r['mcnemar_p']:.3g}), tokens {r['tokens_delta']:+.1f} {_ci(r['tokens_delta_ci'])}.")
-    for key, name in (("pdr_vs_long_cot", "pdr"), ("sr_vs_long_cot", "sr")):
-        if key in head:
-            p = head[key]
+    for name, against in OPERATOR_PAIRS:
+        if f"{name}_vs_{against}" in head:
+            p = head[f"{name}_vs_{against}"]
             test = f", {_ci(p['accuracy_delta_ci'])}, p = {p['p_value']:.3g}" if "p_value" in p else ""
-            lines.append(f"- {name} vs long_cot: accuracy {p['accuracy_delta_points']:+.1f} points{test} at B_seq {p['b_seq_' + name]:.0f} vs "
-                         f"{p['b_seq_long_cot']:.0f} ({'matched' if p['b_seq_matched'] else 'not matched'})"
+            lines.append(f"- {name} vs {against}: accuracy {p['accuracy_delta_points']:+.1f} points{test} at B_seq {p['b_seq_' + name]:.0f} vs "
+                         f"{p['b_seq_' + against]:.0f} ({'matched' if p['b_seq_matched'] else 'not matched'})"
                          + (f"; **degenerate**: {p['degenerate']}." if "degenerate" in p else "."))
     for t in head["targets"]:
         status = t.get("status", "met" if t["met"] else "missed")  # report.json written before `status` existed
@@ -323,6 +332,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _md_table(["metric", "first step", "last step"],
                            [[f"accuracy [95% CI], n = {n}" if k == "accuracy" and n else k, cell(f, k), cell(last, k)]
                             for k in f if k not in ("sync/ok", "accuracy_ci")])
+    op = report.get("rl_operator")
+    if op:
+        lines += ["", "## RL through PDR (stage rl_operator, system pdr_rl)", "",
+                  f"{op['steps']} steps; sync check passed every step: {op['sync_ok_every_step']}. Training rollouts, first and last step "
+                  "(a step's operator and long-trace rollouts are each about half of its episodes):", ""]
+        lines += _md_table(["metric", "first step", "last step"], [[k, _fmt(op["first"][k]), _fmt(op["last"][k])] for k in op["first"]])
     an = report.get("analysis") or {}
     if an.get("by_kind"):
         lines += ["", "## Thought analysis against the generator's ground truth", "",

@@ -8,6 +8,7 @@ fingerprint resumes (every stage's entry point is resumable), another one starts
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -17,11 +18,12 @@ from typing import Any
 
 from longshort.io import write_json
 from longshort.pipeline.inputs import Input, check_inputs, inputs
-from longshort.pipeline.plan import Plan, Stage, sealed
+from longshort.pipeline.plan import SOLO_SYSTEM, Plan, Stage, sealed
 from longshort.pipeline.report import write_report
 from longshort.pipeline.stages import RUNNERS, one_line
 
 DONE, ATTEMPT = "stage.json", "attempt.json"
+RL_STAGES = ("rl", *SOLO_SYSTEM)
 
 
 def _read(path: Any) -> dict[str, Any] | None:
@@ -86,23 +88,30 @@ def run_plan(plan: Plan, progress: bool = True, log: Any = None, until: str | No
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     records: dict[str, dict[str, Any]] = {}
     n = len(plan.stages)
-    for i, (name, stage) in enumerate(plan.stages.items(), 1):
-        rec = cached(stage)
-        if rec:
-            log(f"[{i}/{n}] {name}: cached ({rec['seconds']:.0f} s when it ran) - {one_line(name, rec['summary'])}")
-        else:
-            how = prepare(stage)
-            log(f"[{i}/{n}] {name}: {'resuming' if how == 'resume' else 'running'} in {stage.dir}")
-            t0 = time.perf_counter()
-            # the stage runs on its recipe with the sections its fingerprint does not cover sealed (plan.py)
-            summary = RUNNERS[name](plan, dataclasses.replace(stage, recipe=sealed(stage.recipe, name)), progress)
-            rec = {"stage": name, "status": "done", "fingerprint": stage.fingerprint, "seconds": time.perf_counter() - t0,
-                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
-            write_json(stage.dir / DONE, rec)
-            log(f"[{i}/{n}] {name}: done in {rec['seconds']:.0f} s - {one_line(name, summary)}")
-        records[name] = rec
-        if name == until:
-            return records
+    ray_held = False
+    with contextlib.ExitStack() as held:
+        for i, (name, stage) in enumerate(plan.stages.items(), 1):
+            rec = cached(stage)
+            if rec:
+                log(f"[{i}/{n}] {name}: cached ({rec['seconds']:.0f} s when it ran) - {one_line(name, rec['summary'])}")
+            else:
+                how = prepare(stage)
+                log(f"[{i}/{n}] {name}: {'resuming' if how == 'resume' else 'running'} in {stage.dir}")
+                if name in RL_STAGES and not ray_held:
+                    from longshort.rl.pool import shared_ray  # imports Ray: only for a plan that runs RL
+
+                    held.enter_context(shared_ray())  # one local Ray for the RL stages, not one each
+                    ray_held = True
+                t0 = time.perf_counter()
+                # the stage runs on its recipe with the sections its fingerprint does not cover sealed (plan.py)
+                summary = RUNNERS[name](plan, dataclasses.replace(stage, recipe=sealed(stage.recipe, name)), progress)
+                rec = {"stage": name, "status": "done", "fingerprint": stage.fingerprint, "seconds": time.perf_counter() - t0,
+                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
+                write_json(stage.dir / DONE, rec)
+                log(f"[{i}/{n}] {name}: done in {rec['seconds']:.0f} s - {one_line(name, summary)}")
+            records[name] = rec
+            if name == until:
+                return records
     report = write_report(plan, records)
     log(f"report card: {plan.run_dir / 'report.md'} (+ report.json, *.png, viewer.html)")
     return report

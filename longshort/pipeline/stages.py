@@ -14,14 +14,15 @@ from typing import Any, Callable
 
 from longshort.errors import UserError
 from longshort.io import write_json, write_jsonl
-from longshort.pipeline.plan import Plan, Stage
+from longshort.pipeline.plan import SOLO_SYSTEM, Plan, Stage
 from longshort.types import ROLES
 
 # Which adapters each evaluated system serves on the reasoner, and its protocol.
 SYSTEM_PROTOCOL = {"long_cot": "long_cot", "sr": "sr", "pdr": "pdr", "long_short_sft": "long_short", "long_short_rl": "long_short",
-                   "length_penalty_rl": "long_cot"}
-# The adapter set each system is served with: the SFT pair, RL's final pair, or the length-penalty baseline's.
-SYSTEM_GROUP = {"long_short_rl": "rl", "length_penalty_rl": "rl_length"}
+                   "length_penalty_rl": "long_cot", "pdr_rl": "pdr"}
+# The adapter set each system is served with: the SFT pair, RL's final pair, or the adapter of a one-adapter RL stage
+# (the length-penalty baseline's, the operator RL's), which then answers the protocol's solver calls as role long.
+SYSTEM_GROUP = {"long_short_rl": "rl", **{system: stage for stage, system in SOLO_SYSTEM.items()}}
 
 
 def run_base(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
@@ -172,8 +173,8 @@ def selection_ground_truth(plan: Plan, stage: Stage) -> dict[str, Any]:
 def run_rl(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
     from longshort.rl.loop import run_rl as loop
 
-    if not (plan.rl_ran() if stage.name == "rl" else plan.length_rl_ran()):
-        return {"skipped": "rl.steps is 0" if stage.recipe.rl.steps == 0 else "length_penalty_rl is not in pipeline.systems"}
+    if not (plan.rl_ran() if stage.name == "rl" else plan.solo_rl_ran(stage.name)):
+        return {"skipped": "rl.steps is 0" if stage.recipe.rl.steps == 0 else f"{SOLO_SYSTEM[stage.name]} is not in pipeline.systems"}
     s = loop(stage.recipe, progress=progress)
     return {"steps": s["steps"], "resumed_from": s["resumed_from"], "last": s["last"]}
 
@@ -190,13 +191,13 @@ def final_adapters(plan: Plan) -> dict[str, str]:
     return {r: str(plan.sft_adapter(r)) for r in ROLES}
 
 
-def length_adapters(plan: Plan) -> dict[str, str]:
-    """The length-penalty baseline's adapter (role `long`, served alone through long CoT)."""
+def solo_adapter(plan: Plan, stage: str) -> dict[str, str]:
+    """The adapter of a one-adapter RL stage (`rl_length`, `rl_operator`): role `long`, served alone."""
     from longshort.rl import checkpoint
 
-    ck = checkpoint.latest(plan.stages["rl_length"].dir / "checkpoints")
+    ck = checkpoint.latest(plan.stages[stage].dir / "checkpoints")
     if ck is None:
-        raise UserError(f"{plan.stages['rl_length'].dir}/checkpoints: no complete RL checkpoint (rerun the pipeline to redo stage rl_length)")
+        raise UserError(f"{plan.stages[stage].dir}/checkpoints: no complete RL checkpoint (rerun the pipeline to redo stage {stage})")
     return {"long": ck.adapter("long")}
 
 
@@ -211,7 +212,7 @@ def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: lis
         groups.setdefault(SYSTEM_GROUP.get(s, "sft"), []).append(s)
     results: dict[str, Any] = {}
     for group, names in groups.items():
-        adapters = {"rl": final_adapters, "rl_length": length_adapters}[group](plan) if group != "sft" else sft
+        adapters = final_adapters(plan) if group == "rl" else solo_adapter(plan, group) if group in SOLO_SYSTEM else sft
         recipe = copy.deepcopy(stage.recipe)
         for role in ROLES:
             getattr(recipe.roles, role).adapter = adapters.get(role)
@@ -222,7 +223,7 @@ def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: lis
                     r = copy.deepcopy(recipe)
                     r.evaluation = dataclasses.replace(r.evaluation, benchmarks=[bench], path=path, protocols=[SYSTEM_PROTOCOL[system]],
                                                        out=str(stage.dir / system / bench), plot=False)
-                    if system == "length_penalty_rl":  # long CoT answered by the baseline's adapter, not the bare reasoner
+                    if group in SOLO_SYSTEM:  # the protocol answered by the stage's adapter, not by the bare reasoner
                         r.protocol.long_cot_role = "long"
                     summary = evaluate(engine, r, str(plan.reasoner), adapters, progress=progress)
                     row = summary["results"][0]
@@ -235,7 +236,7 @@ def _evaluate_systems(plan: Plan, stage: Stage, systems: list[str], benches: lis
 
 
 def run_eval(plan: Plan, stage: Stage, progress: bool) -> dict[str, Any]:
-    ran = {"long_short_rl": plan.rl_ran(), "length_penalty_rl": plan.length_rl_ran()}
+    ran = {"long_short_rl": plan.rl_ran(), **{system: plan.solo_rl_ran(stage) for stage, system in SOLO_SYSTEM.items()}}
     systems = [s for s in stage.extra["systems"] if ran.get(s, True)]
     res = _evaluate_systems(plan, stage, systems, [("synthetic", str(plan.test_file))], progress)
     return {s: v["synthetic"] for s, v in res.items()}
@@ -278,7 +279,7 @@ def one_line(name: str, summary: dict[str, Any]) -> str:
     if name in ("eval", "benchmarks"):
         rows = summary.items() if name == "eval" else ((f"{s}/{b}", r) for s, v in summary.items() for b, r in v.items())
         return "; ".join(f"{s} acc {r['accuracy']:.2f} tok {r['tokens_per_problem']:.0f}" for s, r in rows)
-    if name in ("rl", "rl_length"):
+    if name in ("rl", "rl_length", "rl_operator"):
         last = summary.get("last", {})
         return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens_per_problem', float('nan')):.0f}"
     if name == "export":
@@ -293,6 +294,6 @@ def one_line(name: str, summary: dict[str, Any]) -> str:
 
 RUNNERS: dict[str, Callable[[Plan, Stage, bool], dict[str, Any]]] = {
     "base": run_base, "data": run_data, "reasoner": run_sft, "analyze": run_analyze, "coldstart": run_coldstart,
-    "sft_long": run_sft, "sft_short": run_sft, "rl": run_rl, "rl_length": run_rl, "eval": run_eval, "benchmarks": run_benchmarks,
+    "sft_long": run_sft, "sft_short": run_sft, "rl": run_rl, "rl_length": run_rl, "rl_operator": run_rl, "eval": run_eval, "benchmarks": run_benchmarks,
     "export": run_export,
 }

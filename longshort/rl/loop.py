@@ -30,7 +30,8 @@ from longshort.rl.advantages import assign_advantages
 from longshort.rl.batches import build_batches, initial_probes, load_problems, nll_normalisers, probes_from, roles_to_train, step_problems, step_seed
 from longshort.rl.learner import LearnerStats
 from longshort.rl.metrics import StepLog, episode_row, learner_row, sync_row, write_summary
-from longshort.rl.pool import Rollout, RolloutPool, WorkerLost, check_resources, connect_ray, lost, resume_hint
+from longshort.rl.pool import (Rollout, RolloutPool, WorkerLost, check_resources, connect_ray, lost, owns_ray,
+                               resume_hint)
 from longshort.rl.rewards import assign_rewards
 from longshort.rl.sync import SyncError, check_sampled, in_sync, resolve_precision, stale, verify
 from longshort.run import open_run
@@ -220,5 +221,5 @@ def session(recipe: Recipe, run: Run, ray_address: str | None) -> Iterator[Sessi
             pool.close()
         if learner is not None:
             learner.shutdown()
-        if started_ray:
+        if started_ray and owns_ray():
             ray.shutdown()

@@ -3,12 +3,13 @@ happens when an actor's process dies (docs/reliability.md, "RL faults")."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
@@ -21,15 +22,43 @@ from longshort.rl.sync import push, verify
 from longshort.types import ROLES, Episode
 
 
+# Inside `shared_ray()`: "active", and "num_cpus" of the local Ray instance it keeps once one is started.
+_shared: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def shared_ray() -> Iterator[None]:
+    """Inside, the RL runs share the local Ray instance the first of them starts, and it stops on exit: the pipeline's
+    RL stages (rl, rl_length, rl_operator) pay Ray's start and stop (~6 s on 2 cores) once, not once each."""
+    _shared["active"] = True
+    try:
+        yield
+    finally:
+        if _shared.pop("num_cpus", None) is not None and ray.is_initialized():
+            ray.shutdown()
+        _shared.clear()
+
+
+def owns_ray() -> bool:
+    """Whether an RL run that started its local Ray should stop it on exit (not inside `shared_ray()`)."""
+    return not _shared
+
+
 def connect_ray(address: str | None, num_cpus: int | None) -> bool:
-    """Join `address` (or RAY_ADDRESS), or start a local cluster without the dashboard UI. True if we started Ray here.
+    """Join `address` (or RAY_ADDRESS), or start a local cluster without the dashboard UI. True if the run is on a
+    local Ray instance we started (here, or for an earlier run inside `shared_ray()` with the same `num_cpus`).
 
     Ray 2.60 swaps the 127.0.0.1 node address for the machine's reachable IP and its gRPC servers listen on all
     interfaces, guarded by Ray's token authentication (docs/reliability.md).
     """
-    if ray.is_initialized():
-        return False
     address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        if "num_cpus" not in _shared:  # the caller's Ray, or a cluster joined before
+            return False
+        if _shared["num_cpus"] == num_cpus and not address:
+            return True
+        ray.shutdown()  # the shared local instance is not what this run asks for
+        del _shared["num_cpus"]
     if address:
         from ray.exceptions import AuthenticationError
 
@@ -43,6 +72,8 @@ def connect_ray(address: str | None, num_cpus: int | None) -> bool:
             raise UserError(f"cannot join the Ray cluster at {address} ({e}); if it uses token authentication, {token}") from None
         return False
     ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    if _shared:
+        _shared["num_cpus"] = num_cpus
     return True
 
 
