@@ -158,3 +158,30 @@ def test_resumed_run_reproduces_the_uninterrupted_run(rl_straight_run, tmp_path,
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     for a, b in zip(straight, resumed):
         assert _same(_comparable(a), _comparable(b)), (a["step"], _comparable(a), _comparable(b))
+
+
+SHARED = """
+import ray
+from longshort.rl.pool import connect_ray, owns_ray, shared_ray
+with shared_ray():
+    first = connect_ray(None, 2)
+    node = ray.get_runtime_context().get_node_id()
+    again = connect_ray(None, 2)  # the next RL stage: the same local instance, resources checked as local
+    same = ray.get_runtime_context().get_node_id() == node
+    resized = connect_ray(None, 1)  # another size: a new local instance of that size
+    cpus = ray.cluster_resources()["CPU"]
+    print(first, again, same, resized, cpus, owns_ray())
+print(ray.is_initialized(), owns_ray())
+"""
+
+
+@pytest.mark.timeout(100)
+def test_the_pipelines_rl_stages_share_one_local_ray_and_stop_it_at_the_end():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SHARED], capture_output=True, text=True, timeout=90, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    inside, after = out.stdout.strip().splitlines()[-2:]
+    assert inside == "True True True True 1.0 False"  # started, kept, the same node, restarted at 1 CPU; not owned by a run
+    assert after == "False True"  # stopped when the block ends; a run outside one owns (and stops) its own Ray
