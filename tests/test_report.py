@@ -137,6 +137,21 @@ def test_pdr_after_operator_rl_is_tested_against_pdr_before_it_and_long_cot():
     assert "pdr_rl_vs_pdr" not in head and set(_status(head)) == {"pdr_rl beats long_cot at matched B_seq"}
 
 
+def test_the_length_penalty_baseline_is_compared_with_long_cot_and_long_short_paired():
+    """What a user would pick instead: the one-adapter length-penalty baseline, paired against long CoT and against
+    Long⊗Short on the same problems, reported whichever wins (no target)."""
+    lc = [_ep(p, i < 7, 200) for i, p in enumerate(PIDS)]
+    lp = [_ep(p, i < 7, 180, role="long") for i, p in enumerate(PIDS)]  # 10% fewer tokens, the same problems right
+    ls = [_ep(p, i < 4, 60, "long_short", role="long") for i, p in enumerate(PIDS)]
+    head = _head({"long_cot": lc, "length_penalty_rl": lp, "long_short_rl": ls})
+    base = head["length_penalty_rl_vs_long_cot"]
+    assert base["token_reduction"] == pytest.approx(0.10) and base["accuracy_delta_points"] == 0 and base["discordant"] == [0, 0]
+    vs = head["long_short_rl_vs_length_penalty_rl"]
+    assert vs["token_reduction"] == pytest.approx(1 - 60 / 180) and vs["accuracy_delta_points"] == pytest.approx(-37.5)
+    assert vs["discordant"] == [3, 0] and vs["n_pairs"] == 8 and 0 < vs["mcnemar_p"] <= 1
+    assert not any("length_penalty_rl" in t["name"] for t in head["targets"])
+
+
 @pytest.fixture
 def plan(tmp_path):
     return make_plan(load_recipe(PIPELINE_RECIPE, quick_overrides(PIPELINE_RECIPE) + [f"run.out_dir={tmp_path}"]), PIPELINE_RECIPE)

@@ -135,6 +135,14 @@ def headline(systems: dict[str, dict[str, Any]], outcomes: dict[str, Any] | None
             _target(f"{ls_name}: accuracy within 2 points of long_cot", delta, ACCURACY_DELTA_TARGET,
                     delta >= ACCURACY_DELTA_TARGET, max(0.0, ACCURACY_DELTA_TARGET - delta), acc_bad),
         ]
+    # the single-model baseline a user would pick instead, against long CoT and against Long⊗Short: reported
+    # whichever wins, with no target of its own
+    for name, against in (("length_penalty_rl", "long_cot"), (ls_name, "length_penalty_rl")):
+        if name in outcomes and against in outcomes:
+            p = paired(outcomes[against], outcomes[name])
+            out[f"{name}_vs_{against}"] = {k: p[k] for k in (
+                "n_pairs", "discordant", "accuracy_delta_points", "accuracy_delta_ci", "mcnemar_p", "tokens_delta",
+                "tokens_delta_ci", "token_reduction", "token_reduction_ci")}
     for name, against in OPERATOR_PAIRS:
         if name not in systems or against not in systems:
             continue
@@ -306,6 +314,12 @@ def markdown(report: dict[str, Any]) -> str:
         r = head["rl_vs_sft"]
         lines.append(f"- RL vs SFT only: accuracy {r['accuracy_delta_points']:+.1f} points {_ci(r['accuracy_delta_ci'])} "
                      f"(McNemar p = {r['mcnemar_p']:.3g}), tokens {r['tokens_delta']:+.1f} {_ci(r['tokens_delta_ci'])}.")
+    for key, p in head.items():
+        if key.endswith("_vs_length_penalty_rl") or key == "length_penalty_rl_vs_long_cot":
+            name, against = key.split("_vs_")
+            lines.append(f"- {name} vs {against}: {_pct(p['token_reduction'])} fewer tokens {_ci(p['token_reduction_ci'], 100)}, "
+                         f"accuracy {p['accuracy_delta_points']:+.1f} points {_ci(p['accuracy_delta_ci'])} (McNemar p = "
+                         f"{p['mcnemar_p']:.3g}, discordant {p['discordant'][0]}:{p['discordant'][1]}, {p['n_pairs']} paired problems).")
     for name, against in OPERATOR_PAIRS:
         if f"{name}_vs_{against}" in head:
             p = head[f"{name}_vs_{against}"]
@@ -364,6 +378,10 @@ def markdown(report: dict[str, Any]) -> str:
 def _acc(acc: float, ci: Any, n: int) -> str:
     """An accuracy as the report prints it: with its interval, or no number at all when nothing was evaluated."""
     return f"{acc:.3f} {_ci(ci)}".rstrip() if n else "— (no episodes)"
+
+
+def _pct(share: float | None) -> str:
+    return "—" if share is None else f"{100 * share:.1f}%"
 
 
 def _ci(ci: Any, scale: float = 1.0) -> str:
