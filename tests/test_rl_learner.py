@@ -121,13 +121,24 @@ def _varied(n: int = 6) -> list[TrainSequence]:
     return out
 
 
+LR = 5e-3
+
+
 def _one_update(tiny_model, tiny_adapters, seqs, behaviour=None, **cfg):
     import torch
 
-    lrn = PolicyLearner(tiny_model, dict(tiny_adapters), dict(tiny_adapters), RLConfig(lr=5e-3, **cfg),
+    lrn = PolicyLearner(tiny_model, dict(tiny_adapters), dict(tiny_adapters), RLConfig(lr=LR, **cfg),
                         max_tokens={"long": 24, "short": 12}, temperatures={"long": 0.7, "short": 1.0})
     stats = lrn.train("long", seqs, [float(sum(sum(s.mask) for s in seqs))], behaviour=behaviour)
     return stats, torch.cat([p.detach().reshape(-1) for p in lrn.params["long"]])
+
+
+def _same_adam_step(a, b) -> bool:
+    """Adam's first step moves a coordinate by lr·g/(|g| + eps): exactly ±lr wherever |g| ≫ eps, so two runs that
+    differ only in rounding agree there, while a coordinate whose gradient is at eps's scale may land anywhere in
+    ±lr (seen: 1.3e-4 apart on one coordinate). So nearly every coordinate agrees, and none is apart by more than 2·lr."""
+    d = (a - b).abs()
+    return (d > 1e-6).float().mean().item() < 1e-3 and d.max().item() <= 2 * LR
 
 
 def test_packed_rows_give_the_padded_update_with_fewer_positions(tiny_model, tiny_adapters):
@@ -139,8 +150,7 @@ def test_packed_rows_give_the_padded_update_with_fewer_positions(tiny_model, tin
     for k in ("pg", "kl", "entropy", "ratio", "tokens"):
         assert getattr(packed, k) == pytest.approx(getattr(padded, k), rel=1e-4, abs=1e-6), k
     assert packed.grad_norm == pytest.approx(padded.grad_norm, rel=1e-4) and padded.grad_norm > 0
-    # Adam's first step is ±lr on every coordinate, so a gradient entry near 0 may round either way: 2% of lr
-    assert (w_pack - w_pad).abs().max().item() < 1e-4
+    assert _same_adam_step(w_pack, w_pad)
     assert packed.positions - packed.padding == padded.positions - padded.padding == sum(len(s.input_ids) for s in seqs)
     assert packed.padding < padded.padding
 
@@ -156,7 +166,7 @@ def test_one_epoch_takes_pi_old_from_the_training_forward(tiny_model, tiny_adapt
     assert fused.ratio / fused.tokens == 1.0  # exactly: old is the forward's own detached logprob
     assert scored.ratio / scored.tokens == pytest.approx(1.0, abs=1e-5)
     assert scored.pg == pytest.approx(fused.pg, rel=1e-4, abs=1e-6)
-    assert (w_fused - w_scored).abs().max().item() < 1e-4  # Adam: see the packing test
+    assert _same_adam_step(w_fused, w_scored)
 
 
 def test_an_offpolicy_batch_is_scored_under_the_adapter_that_sampled_it(episode, tiny_model, tiny_adapters):
