@@ -56,6 +56,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 # The one-adapter RL stages and the system each trains: a fresh LoRA on the reasoner that answers that system's
 # protocol alone (the length-penalty baseline through long CoT, operator RL through PDR).
 SOLO_SYSTEM = {"rl_length": "length_penalty_rl", "rl_operator": "pdr_rl"}
+RL_STAGES = ("rl", *SOLO_SYSTEM)
 
 
 # What each stage may read (every stage reads `run`): a section, or one key of a section as a dotted path

@@ -18,12 +18,11 @@ from typing import Any
 
 from longshort.io import write_json
 from longshort.pipeline.inputs import Input, check_inputs, inputs
-from longshort.pipeline.plan import SOLO_SYSTEM, Plan, Stage, sealed
+from longshort.pipeline.plan import RL_STAGES, Plan, Stage, sealed
 from longshort.pipeline.report import write_report
 from longshort.pipeline.stages import RUNNERS, one_line
 
 DONE, ATTEMPT = "stage.json", "attempt.json"
-RL_STAGES = ("rl", *SOLO_SYSTEM)
 
 
 def _read(path: Any) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from longshort.errors import UserError
 from longshort.io import write_json, write_jsonl
-from longshort.pipeline.plan import SOLO_SYSTEM, Plan, Stage
+from longshort.pipeline.plan import RL_STAGES, SOLO_SYSTEM, Plan, Stage
 from longshort.types import ROLES
 
 # Which adapters each evaluated system serves on the reasoner, and its protocol.
@@ -279,7 +279,7 @@ def one_line(name: str, summary: dict[str, Any]) -> str:
     if name in ("eval", "benchmarks"):
         rows = summary.items() if name == "eval" else ((f"{s}/{b}", r) for s, v in summary.items() for b, r in v.items())
         return "; ".join(f"{s} acc {r['accuracy']:.2f} tok {r['tokens_per_problem']:.0f}" for s, r in rows)
-    if name in ("rl", "rl_length", "rl_operator"):
+    if name in RL_STAGES:
         last = summary.get("last", {})
         return f"steps {summary['steps']}, last: acc {last.get('accuracy', float('nan')):.2f}, tokens {last.get('tokens_per_problem', float('nan')):.0f}"
     if name == "export":
